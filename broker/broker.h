@@ -1,0 +1,85 @@
+/* The MQTT broker: listeners, connections, sessions, routing, retained
+ * messages and persistence, driven by one libuv loop. It knows nothing of
+ * rules or connectors; the engine plugs in through broker_hooks. */
+#ifndef MQB_BROKER_H
+#define MQB_BROKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "message.h"
+#include "store.h"
+
+#define BROKER_MAX_LISTENERS 8
+
+struct broker_listener {
+    char *host; /* "127.0.0.1", "0.0.0.0", "::" */
+    uint16_t port;
+};
+
+struct broker_limits {
+    uint32_t max_packet_size; /* whole packet, bytes; bigger closes the connection */
+    uint16_t max_inflight;    /* unacknowledged QoS>0 messages per client */
+    uint32_t max_queued;      /* queued messages per client, past which new ones drop */
+    uint32_t max_connections; /* 0 = unlimited */
+    uint16_t max_keepalive;   /* 0 = accept the client's value */
+};
+
+struct broker_config {
+    struct broker_listener listeners[BROKER_MAX_LISTENERS];
+    unsigned listener_count;
+    char *storage_dir;      /* directory of the embedded store; NULL = memory only */
+    enum store_sync sync;   /* durability of the store */
+    struct broker_limits limits;
+};
+
+/* Fill cfg with the defaults (one listener 0.0.0.0:1883, storage "./data",
+ * STORE_SYNC_NORMAL, max_packet_size 268435460, max_inflight 20,
+ * max_queued 1000, max_connections 0, max_keepalive 0). Strings are
+ * heap copies freed by broker_config_free(). */
+void broker_config_defaults(struct broker_config *cfg);
+void broker_config_free(struct broker_config *cfg);
+
+/* What the engine is told. Called on the broker loop; must not block. */
+struct broker_hooks {
+    void *ctx;
+    /* An accepted PUBLISH, after routing to local subscribers. */
+    void (*on_message)(void *ctx, const struct message *m, const char *client_id);
+};
+
+struct broker_stats {
+    uint64_t connections_current;
+    uint64_t connections_total;
+    uint64_t sessions;
+    uint64_t subscriptions;
+    uint64_t retained;
+    uint64_t messages_received;
+    uint64_t messages_sent;
+    uint64_t messages_dropped; /* queue full */
+    uint64_t bytes_received;
+    uint64_t bytes_sent;
+    uint64_t malformed_packets;
+};
+
+struct broker;
+
+/* Create a broker on loop. cfg is copied. NULL with err on failure. */
+struct broker *broker_new(uv_loop_t *loop, const struct broker_config *cfg,
+                          const struct broker_hooks *hooks, char *err, size_t errlen);
+/* Open the store, load persistent state, bind and listen. 0 or -1 + err. */
+int broker_start(struct broker *b, char *err, size_t errlen);
+/* Stop accepting, close every connection (no will is published for them:
+ * the broker, not the client, ends them... see broker.c), commit the
+ * store and close the listeners. done(arg) is called once every handle is
+ * closed; then broker_free() may be called. */
+void broker_stop(struct broker *b, void (*done)(void *arg), void *arg);
+/* Accepts NULL. */
+void broker_free(struct broker *b);
+
+void broker_get_stats(const struct broker *b, struct broker_stats *out);
+/* Log the stats at NOTICE level (SIGUSR1). */
+void broker_log_stats(const struct broker *b);
+
+#endif

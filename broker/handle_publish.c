@@ -1,0 +1,129 @@
+/* PUBLISH and its acknowledgements [MQTT-3.3 .. 3.7], and routing of an
+ * accepted message to subscribers.
+ *
+ * Routing: every (session, filter) match is reported by the topic tree; a
+ * session matched by overlapping filters gets the message once, at the
+ * highest granted QoS (MQTT 3.1.1 section 3.3.5 allows either, we choose
+ * once). Delivered QoS = min(published QoS, granted QoS). Offline sessions
+ * get QoS 1/2 messages queued (only persistent sessions stay in the tree
+ * while offline); QoS 0 is not kept for them. */
+#include <inttypes.h>
+#include <stdlib.h>
+
+#include "../common/log.h"
+#include "broker_internal.h"
+
+static void collect_hit(void *subscriber, uint8_t qos, void *ctx)
+{
+    struct broker *b = ctx;
+    struct session *s = subscriber;
+    if (s->match_gen == b->match_gen) {
+        if (qos > s->match_qos)
+            s->match_qos = qos;
+        return;
+    }
+    if (b->hit_count == b->hit_cap) {
+        uint32_t cap = b->hit_cap ? b->hit_cap * 2 : 64;
+        struct session **hits = realloc(b->hits, cap * sizeof *hits);
+        if (!hits) {
+            log_error("routing: out of memory, %s misses a message", s->client_id);
+            return;
+        }
+        b->hits = hits;
+        b->hit_cap = cap;
+    }
+    s->match_gen = b->match_gen;
+    s->match_qos = qos;
+    b->hits[b->hit_count++] = s;
+}
+
+void broker_route(struct broker *b, struct message *m, const char *from_client_id)
+{
+    if (m->retain) {
+        /* [MQTT-3.3.1-5] store, [MQTT-3.3.1-10] empty payload clears */
+        if (topic_retain_set(b->topics, m) < 0)
+            log_error("retain %s: out of memory", m->topic);
+        else if (b->store)
+            m->payload_len ? store_retain_put(b->store, m) : store_retain_del(b->store, m->topic);
+    }
+    b->match_gen++;
+    b->hit_count = 0;
+    topic_tree_match(b->topics, m->topic, collect_hit, b);
+    for (uint32_t i = 0; i < b->hit_count; i++) {
+        struct session *s = b->hits[i];
+        uint8_t qos = m->qos < s->match_qos ? m->qos : s->match_qos;
+        /* [MQTT-3.3.1-9] RETAIN is 0 on live delivery */
+        if (session_enqueue(s, m, qos, false) == 1 && (s->online || qos > 0))
+            b->stats.messages_dropped++;
+    }
+    if (b->hooks.on_message)
+        b->hooks.on_message(b->hooks.ctx, m, from_client_id);
+}
+
+int handle_publish(struct conn *c, const struct mqtt_publish *p)
+{
+    struct broker *b = c->b;
+    struct session *s = c->session;
+    if (!topic_name_valid(p->topic.p, p->topic.len)) {
+        log_info("%s: PUBLISH to invalid topic name", c->peer);
+        return -1;
+    }
+    b->stats.messages_received++;
+    if (p->qos == 2) {
+        int rc = session_qos2_in_add(s, p->packet_id);
+        if (rc < 0)
+            return -1;
+        if (rc == 0) {
+            /* a resend of a message we already have: acknowledge only */
+            conn_send_ack(c, MQTT_PUBREC, p->packet_id);
+            return 0;
+        }
+        if (!s->clean_session && b->store)
+            store_qos2_put(b->store, s->client_id, p->packet_id);
+    }
+    struct message *m = message_new(p->topic.p, p->topic.len, p->payload, p->payload_len, p->qos,
+                                    p->retain);
+    if (!m) {
+        log_error("%s: out of memory for a message", c->peer);
+        return -1;
+    }
+    m->id = broker_next_message_id(b);
+    m->time_ms = (int64_t)(m->id >> 20);
+    log_debug("%s: PUBLISH %s qos=%u id=%016" PRIx64 " (%" PRIu32 " bytes)", s->client_id,
+              m->topic, p->qos, m->id, p->payload_len);
+    broker_route(b, m, s->client_id);
+    message_unref(m);
+    if (p->qos == 1)
+        conn_send_ack(c, MQTT_PUBACK, p->packet_id);
+    else if (p->qos == 2)
+        conn_send_ack(c, MQTT_PUBREC, p->packet_id);
+    return 0;
+}
+
+int handle_puback(struct conn *c, uint8_t type, uint16_t packet_id)
+{
+    struct session *s = c->session;
+    int rc;
+    if (type == MQTT_PUBACK)
+        rc = session_on_puback(s, packet_id);
+    else if (type == MQTT_PUBREC)
+        rc = session_on_pubrec(s, packet_id);
+    else
+        rc = session_on_pubcomp(s, packet_id);
+    if (rc != 0)
+        log_debug("%s: %s for unknown packet id %u ignored", s->client_id, mqtt_type_name(type),
+                  packet_id);
+    if (rc != 0 && type == MQTT_PUBREC)
+        conn_send_ack(c, MQTT_PUBREL, packet_id); /* let the client finish its state */
+    return 0;
+}
+
+int handle_pubrel(struct conn *c, uint16_t packet_id)
+{
+    struct session *s = c->session;
+    if (session_qos2_in_release(s, packet_id) == 0 && !s->clean_session && c->b->store)
+        store_qos2_del(c->b->store, s->client_id, packet_id);
+    /* [MQTT-4.3.3-2] PUBCOMP even for an unknown id */
+    conn_send_ack(c, MQTT_PUBCOMP, packet_id);
+    return 0;
+}

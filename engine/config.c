@@ -1,0 +1,803 @@
+/* The instance configuration file.
+ *
+ * Rule: every key is declared once, as data, in the schema tables below.
+ * The same entry gives the key's type, its range, where the value goes in
+ * struct instance_config, its default (written as YAML text and run through
+ * the same conversion as a value read from the file) and the help text that
+ * docs/CONFIG.md repeats. Unknown keys, duplicate keys, wrong types, values
+ * out of range and YAML tags are errors naming file:line:column:
+ *
+ *   my.yaml:5:3: limits: unknown key 'max_inflite' (did you mean 'max_inflight'?)
+ *   my.yaml:2:17: limits.max_inflight: expected an integer 1..65535, got 'abc'
+ *   my.yaml:3:9: storage.sync: expected one of off, normal, full, got 'sometimes'
+ *
+ * Integers are plain decimal scalars without sign, leading zeros or
+ * separators ("1.5", "0x10", "+5", "010", "1_000" and quoted "20" are
+ * rejected). An empty document gives every default. A section written with
+ * no content ("limits:") counts as an empty mapping (or an empty listener
+ * list). The document is walked with one small function per section. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "../common/buf.h"
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define CONFIG_MAX_FILE_SIZE (1024 * 1024)
+
+_Static_assert(sizeof(enum store_sync) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(enum log_level) == sizeof(int), "enums are stored as int");
+
+enum cfg_type {
+    CFG_SECTION, /* a top-level section, parsed by the entry's own function */
+    CFG_STR,     /* string of min..max bytes */
+    CFG_NAME,    /* identifier: min..max characters of [A-Za-z0-9_-] */
+    CFG_HOST,    /* IPv4 or IPv6 literal, or "localhost" */
+    CFG_UINT,    /* decimal integer min..max, stored in a field of `size` bytes */
+    CFG_BOOL,    /* true/false/yes/no, stored in a bool */
+    CFG_ENUM,    /* one of `names`, stored as int */
+};
+
+enum { CFG_REQUIRED = 1 }; /* must appear when its section is written */
+
+struct cfg_name {
+    const char *name;
+    int value;
+};
+
+struct cfg_ctx;
+
+struct cfg_key {
+    const char *name;
+    enum cfg_type type;
+    unsigned flags;
+    uint64_t min, max;            /* CFG_UINT: value; CFG_STR, CFG_NAME: length */
+    const struct cfg_name *names; /* CFG_ENUM, terminated by { NULL, 0 } */
+    size_t offset, size;          /* the field in the section's target struct */
+    const char *def;              /* default as YAML text; NULL = none */
+    const char *help;
+    /* CFG_SECTION: parse the section's node into the instance config. */
+    int (*parse)(struct cfg_ctx *c, const yaml_node_t *node, void *base);
+};
+
+/* A leaf key: CFG_KEY(name, type, flags, min, max, enum names, field, default, help),
+ * field being INST_FIELD(member) or LISTENER_FIELD(member). */
+#define CFG_KEY(name_, type_, flags_, min_, max_, names_, field_, def_, help_) \
+    { \
+        .name = (name_), .type = (type_), .flags = (flags_), .min = (min_), .max = (max_), \
+        .names = (names_), field_, .def = (def_), .help = (help_) \
+    }
+#define INST_FIELD(m) \
+    .offset = offsetof(struct instance_config, m), .size = sizeof(((struct instance_config *)0)->m)
+#define LISTENER_FIELD(m) \
+    .offset = offsetof(struct broker_listener, m), .size = sizeof(((struct broker_listener *)0)->m)
+
+static const struct cfg_name sync_names[] = {
+    {"off", STORE_SYNC_OFF},
+    {"normal", STORE_SYNC_NORMAL},
+    {"full", STORE_SYNC_FULL},
+    {NULL, 0},
+};
+
+static const struct cfg_name log_level_names[] = {
+    {"debug", LOG_DEBUG}, {"info", LOG_INFO},   {"notice", LOG_NOTICE},
+    {"warn", LOG_WARN},   {"error", LOG_ERROR}, {NULL, 0},
+};
+
+static const struct cfg_key instance_keys[] = {
+    CFG_KEY("id", CFG_NAME, 0, 1, 64, NULL, INST_FIELD(instance_id), "mqbridge",
+            "Name of this instance, used in logs."),
+};
+
+static const struct cfg_key listener_keys[] = {
+    CFG_KEY("host", CFG_HOST, 0, 0, 0, NULL, LISTENER_FIELD(host), "0.0.0.0",
+            "Address to listen on: an IPv4 or IPv6 literal, or localhost."),
+    CFG_KEY("port", CFG_UINT, 0, 1, 65535, NULL, LISTENER_FIELD(port), "1883", "TCP port."),
+};
+
+static const struct cfg_key storage_keys[] = {
+    CFG_KEY("path", CFG_STR, CFG_REQUIRED, 1, 4095, NULL, INST_FIELD(broker.storage_dir), "./data",
+            "Directory of the embedded store; the broker creates it at start."),
+    CFG_KEY("sync", CFG_ENUM, 0, 0, 0, sync_names, INST_FIELD(broker.sync), "normal",
+            "Durability: off survives a process crash, normal survives kill -9, full survives "
+            "power loss."),
+};
+
+static const struct cfg_key limits_keys[] = {
+    CFG_KEY("max_inflight", CFG_UINT, 0, 1, 65535, NULL, INST_FIELD(broker.limits.max_inflight),
+            "20", "Unacknowledged QoS 1 and 2 messages per client."),
+    CFG_KEY("max_queued", CFG_UINT, 0, 0, 10000000, NULL, INST_FIELD(broker.limits.max_queued),
+            "1000", "Messages queued per client; past it new messages are dropped."),
+    CFG_KEY("max_packet_size", CFG_UINT, 0, 16, 268435460, NULL,
+            INST_FIELD(broker.limits.max_packet_size), "268435460",
+            "Largest packet accepted, in bytes; a bigger one closes the connection."),
+    CFG_KEY("max_connections", CFG_UINT, 0, 0, 10000000, NULL,
+            INST_FIELD(broker.limits.max_connections), "0",
+            "Concurrent client connections; 0 = unlimited."),
+    CFG_KEY("max_keepalive", CFG_UINT, 0, 0, 65535, NULL, INST_FIELD(broker.limits.max_keepalive),
+            "0", "Upper bound on the client's keep-alive, seconds; 0 = accept the client's."),
+};
+
+static const struct cfg_key log_keys[] = {
+    CFG_KEY("level", CFG_ENUM, 0, 0, 0, log_level_names, INST_FIELD(log_level), "info",
+            "Least severe level written to stderr."),
+};
+
+/* ---- Parsing context and messages -------------------------------------- */
+
+struct cfg_ctx {
+    const char *name; /* file name for messages */
+    yaml_document_t *doc;
+    char *err;
+    size_t errlen;
+};
+
+#if defined(__GNUC__)
+#define CFG_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define CFG_PRINTF(fmt, args)
+#endif
+
+/* Write "name:line:column: message" (or "name: message" without a
+ * position) into the caller's buffer. Always return -1, so that callers can
+ * `return cfg_fail(...)`. cfg_fail takes the node's position (none when
+ * node is NULL). */
+static int cfg_vfail(struct cfg_ctx *c, const yaml_mark_t *at, const char *fmt, va_list ap)
+    CFG_PRINTF(3, 0);
+static int cfg_fail_at(struct cfg_ctx *c, const yaml_mark_t *at, const char *fmt, ...)
+    CFG_PRINTF(3, 4);
+static int cfg_fail(struct cfg_ctx *c, const yaml_node_t *node, const char *fmt, ...)
+    CFG_PRINTF(3, 4);
+
+static int cfg_vfail(struct cfg_ctx *c, const yaml_mark_t *at, const char *fmt, va_list ap)
+{
+    int n;
+    if (at)
+        n = snprintf(c->err, c->errlen, "%s:%zu:%zu: ", c->name, at->line + 1, at->column + 1);
+    else
+        n = snprintf(c->err, c->errlen, "%s: ", c->name);
+    if (n >= 0 && (size_t)n < c->errlen)
+        vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
+    return -1;
+}
+
+static int cfg_fail_at(struct cfg_ctx *c, const yaml_mark_t *at, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cfg_vfail(c, at, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int cfg_fail(struct cfg_ctx *c, const yaml_node_t *node, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cfg_vfail(c, node ? &node->start_mark : NULL, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Copy text for a message: at most 40 bytes, cut on a UTF-8 boundary,
+ * control bytes as '?'. */
+static const char *cfg_quote(const void *text, size_t len, char *buf, size_t buflen)
+{
+    const unsigned char *s = text;
+    size_t limit = 40, i;
+    assert(buflen > limit + 3);
+    while (len > limit && limit > 0 && (s[limit] & 0xc0) == 0x80)
+        limit--; /* do not cut a UTF-8 sequence */
+    for (i = 0; i < len && i < limit; i++)
+        buf[i] = (s[i] < 0x20 || s[i] == 0x7f) ? '?' : (char)s[i];
+    if (len > limit) {
+        memcpy(buf + i, "...", 3);
+        i += 3;
+    }
+    buf[i] = '\0';
+    return buf;
+}
+
+/* A plain scalar YAML reads as null: nothing, "~" or "null". */
+static bool cfg_is_null(const yaml_node_t *n)
+{
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return false;
+    const char *v = (const char *)n->data.scalar.value;
+    return !*v || !strcmp(v, "~") || !strcmp(v, "null") || !strcmp(v, "Null") || !strcmp(v, "NULL");
+}
+
+/* What was found instead of the expected value, for "got ..." messages. */
+static const char *cfg_describe(const yaml_node_t *n, char *buf, size_t buflen)
+{
+    char q[48];
+    if (n->type == YAML_MAPPING_NODE)
+        return "a mapping";
+    if (n->type == YAML_SEQUENCE_NODE)
+        return "a sequence";
+    if (cfg_is_null(n))
+        return n->data.scalar.length ? "null" : "nothing";
+    cfg_quote(n->data.scalar.value, n->data.scalar.length, q, sizeof q);
+    snprintf(buf, buflen, "%s'%s'",
+             n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE ? "" : "the quoted string ", q);
+    return buf;
+}
+
+/* Describe what a key accepts: "an integer 1..65535", "one of off, normal, full". */
+static const char *cfg_expect(const struct cfg_key *k, char *buf, size_t buflen)
+{
+    size_t n = 0;
+    switch (k->type) {
+    case CFG_UINT:
+        snprintf(buf, buflen, "an integer %llu..%llu", (unsigned long long)k->min,
+                 (unsigned long long)k->max);
+        break;
+    case CFG_STR:
+        snprintf(buf, buflen, "a string of %llu..%llu bytes", (unsigned long long)k->min,
+                 (unsigned long long)k->max);
+        break;
+    case CFG_NAME:
+        snprintf(buf, buflen, "%llu..%llu characters of A-Z a-z 0-9 _ -",
+                 (unsigned long long)k->min, (unsigned long long)k->max);
+        break;
+    case CFG_HOST:
+        snprintf(buf, buflen, "an IPv4 or IPv6 address or localhost");
+        break;
+    case CFG_BOOL:
+        snprintf(buf, buflen, "true, false, yes or no");
+        break;
+    case CFG_ENUM:
+        n = (size_t)snprintf(buf, buflen, "one of ");
+        for (const struct cfg_name *e = k->names; e->name && n < buflen; e++)
+            n += (size_t)snprintf(buf + n, buflen - n, "%s%s", e->name, e[1].name ? ", " : "");
+        break;
+    case CFG_SECTION:
+        snprintf(buf, buflen, "a mapping");
+        break;
+    }
+    return buf;
+}
+
+/* ---- Converting one scalar into its field ------------------------------ */
+
+enum { CFG_OK = 0, CFG_EINVAL = -1, CFG_ENOMEM = -2 };
+
+/* Decimal only: no sign, no leading zero, no separators; range-checked. */
+static int cfg_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    if (s[0] == '\0' || (s[0] == '0' && s[1] != '\0'))
+        return CFG_EINVAL;
+    for (const char *p = s; *p; p++)
+        if (*p < '0' || *p > '9')
+            return CFG_EINVAL;
+    errno = 0;
+    unsigned long long v = strtoull(s, NULL, 10);
+    if (errno == ERANGE || v < min || v > max)
+        return CFG_EINVAL;
+    *out = v;
+    return CFG_OK;
+}
+
+static int cfg_store_uint(const struct cfg_key *k, const char *s, void *dst)
+{
+    uint64_t v;
+    if (cfg_parse_uint(s, k->min, k->max, &v) < 0)
+        return CFG_EINVAL;
+    assert(k->size == 8 || k->max >> (8 * k->size) == 0); /* the table's range fits */
+    uint8_t v8 = (uint8_t)v;
+    uint16_t v16 = (uint16_t)v;
+    uint32_t v32 = (uint32_t)v;
+    switch (k->size) {
+    case 1:
+        memcpy(dst, &v8, 1);
+        break;
+    case 2:
+        memcpy(dst, &v16, 2);
+        break;
+    case 4:
+        memcpy(dst, &v32, 4);
+        break;
+    default:
+        memcpy(dst, &v, 8);
+        break;
+    }
+    return CFG_OK;
+}
+
+static int cfg_store_bool(const char *s, void *dst)
+{
+    bool v;
+    if (!strcmp(s, "true") || !strcmp(s, "yes"))
+        v = true;
+    else if (!strcmp(s, "false") || !strcmp(s, "no"))
+        v = false;
+    else
+        return CFG_EINVAL;
+    memcpy(dst, &v, sizeof v);
+    return CFG_OK;
+}
+
+static int cfg_store_enum(const struct cfg_key *k, const char *s, void *dst)
+{
+    assert(k->size == sizeof(int));
+    for (const struct cfg_name *e = k->names; e->name; e++) {
+        if (!strcmp(s, e->name)) {
+            memcpy(dst, &e->value, sizeof e->value);
+            return CFG_OK;
+        }
+    }
+    return CFG_EINVAL;
+}
+
+static bool cfg_valid_string(const struct cfg_key *k, const char *s)
+{
+    size_t len = strlen(s);
+    unsigned char a4[4], a6[16];
+    switch (k->type) {
+    case CFG_NAME:
+        if (strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") != len)
+            return false;
+        return len >= k->min && len <= k->max;
+    case CFG_HOST:
+        return !strcmp(s, "localhost") || inet_pton(AF_INET, s, a4) == 1 ||
+               inet_pton(AF_INET6, s, a6) == 1;
+    default:
+        return len >= k->min && len <= k->max;
+    }
+}
+
+/* Replace the string at dst with a copy of s. */
+static int cfg_store_string(const struct cfg_key *k, const char *s, void *dst)
+{
+    char *copy, *old;
+    if (!cfg_valid_string(k, s))
+        return CFG_EINVAL;
+    if (!(copy = strdup(s)))
+        return CFG_ENOMEM;
+    memcpy(&old, dst, sizeof old);
+    free(old);
+    memcpy(dst, &copy, sizeof copy);
+    return CFG_OK;
+}
+
+/* Convert the NUL-terminated text s as key k and store it into base. */
+static int cfg_store(const struct cfg_key *k, const char *s, void *base)
+{
+    void *dst = (char *)base + k->offset;
+    switch (k->type) {
+    case CFG_UINT:
+        return cfg_store_uint(k, s, dst);
+    case CFG_BOOL:
+        return cfg_store_bool(s, dst);
+    case CFG_ENUM:
+        return cfg_store_enum(k, s, dst);
+    case CFG_STR:
+    case CFG_NAME:
+    case CFG_HOST:
+        return cfg_store_string(k, s, dst);
+    case CFG_SECTION:
+        break;
+    }
+    return CFG_EINVAL;
+}
+
+/* Store every default of a key table into base. */
+static int cfg_apply_defaults(struct cfg_ctx *c, const struct cfg_key *keys, size_t n, void *base)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!keys[i].def)
+            continue;
+        int rc = cfg_store(&keys[i], keys[i].def, base);
+        if (rc == CFG_ENOMEM)
+            return cfg_fail(c, NULL, "out of memory");
+        if (rc < 0) /* a bug in the table, caught by the unit tests */
+            return cfg_fail(c, NULL, "bad default '%s' for key '%s'", keys[i].def, keys[i].name);
+    }
+    return 0;
+}
+
+/* ---- Walking the document ---------------------------------------------- */
+
+/* Explicit tags ("!!int 5", "!custom x") are rejected: values are typed by
+ * the schema, not by the file. */
+static int cfg_check_tag(struct cfg_ctx *c, const char *where, const yaml_node_t *n)
+{
+    const char *want = n->type == YAML_SCALAR_NODE     ? YAML_DEFAULT_SCALAR_TAG
+                       : n->type == YAML_SEQUENCE_NODE ? YAML_DEFAULT_SEQUENCE_TAG
+                                                       : YAML_DEFAULT_MAPPING_TAG;
+    char q[48];
+    if (!n->tag || !strcmp((const char *)n->tag, want))
+        return 0;
+    cfg_quote(n->tag, strlen((const char *)n->tag), q, sizeof q);
+    return cfg_fail(c, n, "%s: unexpected tag '%s'", where, q);
+}
+
+/* Parse one leaf value (a scalar) for key k into base. */
+static int cfg_parse_value(struct cfg_ctx *c, const char *where, const struct cfg_key *k,
+                           const yaml_node_t *n, void *base)
+{
+    char want[96], got[96];
+    if (cfg_check_tag(c, where, n) < 0)
+        return -1;
+    cfg_expect(k, want, sizeof want);
+    bool typed = k->type == CFG_UINT || k->type == CFG_BOOL; /* a quoted "20" is a string */
+    if (n->type != YAML_SCALAR_NODE || cfg_is_null(n) ||
+        (typed && n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) ||
+        strlen((const char *)n->data.scalar.value) != n->data.scalar.length)
+        return cfg_fail(c, n, "%s: expected %s, got %s", where, want,
+                        cfg_describe(n, got, sizeof got));
+    int rc = cfg_store(k, (const char *)n->data.scalar.value, base);
+    if (rc == CFG_ENOMEM)
+        return cfg_fail(c, n, "out of memory");
+    if (rc < 0)
+        return cfg_fail(c, n, "%s: expected %s, got %s", where, want,
+                        cfg_describe(n, got, sizeof got));
+    return 0;
+}
+
+/* Edit distance of two short strings, for "did you mean" hints. */
+static size_t cfg_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), row[33], prev;
+    if (la > 32 || lb > 32)
+        return SIZE_MAX;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        prev = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t best = prev + (a[i - 1] != b[j - 1]);
+            best = row[j] + 1 < best ? row[j] + 1 : best;
+            best = row[j - 1] + 1 < best ? row[j - 1] + 1 : best;
+            prev = row[j];
+            row[j] = best;
+        }
+    }
+    return row[lb];
+}
+
+/* Report a key that is not in the table, with the closest known name. */
+static int cfg_fail_unknown(struct cfg_ctx *c, const char *path, const yaml_node_t *key,
+                            const struct cfg_key *keys, size_t n)
+{
+    char q[48], hint[64] = "";
+    const char *name = (const char *)key->data.scalar.value;
+    /* Up to 1 edit for short names, 3 for longer ones. */
+    for (size_t i = 0, best = strlen(name) >= 8 ? 4 : 2; i < n; i++) {
+        size_t d = cfg_distance(name, keys[i].name);
+        if (d < best) {
+            best = d;
+            snprintf(hint, sizeof hint, " (did you mean '%s'?)", keys[i].name);
+        }
+    }
+    cfg_quote(name, key->data.scalar.length, q, sizeof q);
+    if (!*path)
+        return cfg_fail(c, key, "unknown section '%s'%s", q, hint);
+    return cfg_fail(c, key, "%s: unknown key '%s'%s", path, q, hint);
+}
+
+/* Find the table entry for a mapping key; fails on an unknown, non-scalar
+ * or duplicate key. *seen has one bit per table entry already met. */
+static const struct cfg_key *cfg_lookup(struct cfg_ctx *c, const char *path, const yaml_node_t *key,
+                                        const struct cfg_key *keys, size_t n, uint64_t *seen)
+{
+    const char *label = *path ? path : "top level";
+    char got[96];
+    if (cfg_check_tag(c, label, key) < 0)
+        return NULL;
+    if (key->type != YAML_SCALAR_NODE) {
+        cfg_fail(c, key, "%s: expected a key name, got %s", label,
+                 cfg_describe(key, got, sizeof got));
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp((const char *)key->data.scalar.value, keys[i].name) != 0 ||
+            strlen(keys[i].name) != key->data.scalar.length)
+            continue;
+        if (*seen & (UINT64_C(1) << i)) {
+            cfg_fail(c, key, "%s: duplicate %s '%s'", label, *path ? "key" : "section",
+                     keys[i].name);
+            return NULL;
+        }
+        *seen |= UINT64_C(1) << i;
+        return &keys[i];
+    }
+    cfg_fail_unknown(c, path, key, keys, n);
+    return NULL;
+}
+
+static int cfg_check_required(struct cfg_ctx *c, const char *path, const yaml_node_t *node,
+                              const struct cfg_key *keys, size_t n, uint64_t seen)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((keys[i].flags & CFG_REQUIRED) && !(seen & (UINT64_C(1) << i)))
+            return cfg_fail(c, node, "%s: missing required key '%s'", path, keys[i].name);
+    return 0;
+}
+
+/* Walk a mapping whose keys are declared in keys[], storing into base.
+ * path names the mapping in messages ("limits", "listeners[1]", "" for the
+ * top level). A null node is an empty mapping. */
+static int cfg_parse_mapping(struct cfg_ctx *c, const yaml_node_t *node, const char *path,
+                             const struct cfg_key *keys, size_t n, void *base)
+{
+    uint64_t seen = 0;
+    char got[96], where[96];
+    assert(n <= 64);
+    if (cfg_check_tag(c, *path ? path : "top level", node) < 0)
+        return -1;
+    if (cfg_is_null(node))
+        return cfg_check_required(c, path, node, keys, n, 0);
+    if (node->type != YAML_MAPPING_NODE)
+        return cfg_fail(c, node, "%s: expected a mapping, got %s", *path ? path : "top level",
+                        cfg_describe(node, got, sizeof got));
+    for (yaml_node_pair_t *p = node->data.mapping.pairs.start; p < node->data.mapping.pairs.top;
+         p++) {
+        const yaml_node_t *value = yaml_document_get_node(c->doc, p->value);
+        const struct cfg_key *k =
+            cfg_lookup(c, path, yaml_document_get_node(c->doc, p->key), keys, n, &seen);
+        if (!k)
+            return -1;
+        snprintf(where, sizeof where, "%s%s%s", path, *path ? "." : "", k->name);
+        if (k->type == CFG_SECTION ? k->parse(c, value, base) < 0
+                                   : cfg_parse_value(c, where, k, value, base) < 0)
+            return -1;
+    }
+    return cfg_check_required(c, path, node, keys, n, seen);
+}
+
+/* ---- One function per section ------------------------------------------ */
+
+static int config_parse_instance(struct cfg_ctx *c, const yaml_node_t *node, void *cfg)
+{
+    return cfg_parse_mapping(c, node, "instance", instance_keys, ARRAY_LEN(instance_keys), cfg);
+}
+
+static void listeners_clear(struct broker_config *b)
+{
+    for (size_t i = 0; i < BROKER_MAX_LISTENERS; i++) {
+        free(b->listeners[i].host);
+        b->listeners[i].host = NULL;
+        b->listeners[i].port = 0;
+    }
+    b->listener_count = 0;
+}
+
+/* Two listeners on the same address and port cannot both bind. */
+static int listener_check_unique(struct cfg_ctx *c, const yaml_node_t *item,
+                                 const struct broker_config *b, size_t i)
+{
+    const struct broker_listener *l = &b->listeners[i];
+    for (size_t j = 0; j < i; j++)
+        if (b->listeners[j].port == l->port && !strcmp(b->listeners[j].host, l->host))
+            return cfg_fail(c, item, "listeners[%zu]: same host and port as listeners[%zu] (%s:%u)",
+                            i, j, l->host, (unsigned)l->port);
+    return 0;
+}
+
+/* A sequence of 1..BROKER_MAX_LISTENERS mappings; it replaces the default
+ * listener, and each item starts from the listener keys' defaults. */
+static int config_parse_listeners(struct cfg_ctx *c, const yaml_node_t *node, void *cfg)
+{
+    struct broker_config *b = &((struct instance_config *)cfg)->broker;
+    char got[96], path[32];
+    size_t n = 0;
+    if (cfg_check_tag(c, "listeners", node) < 0)
+        return -1;
+    if (node->type == YAML_SEQUENCE_NODE)
+        n = (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
+    else if (!cfg_is_null(node))
+        return cfg_fail(c, node, "listeners: expected a sequence of 1..%d listeners, got %s",
+                        BROKER_MAX_LISTENERS, cfg_describe(node, got, sizeof got));
+    if (n < 1 || n > BROKER_MAX_LISTENERS)
+        return cfg_fail(c, node, "listeners: expected 1..%d listeners, got %zu",
+                        BROKER_MAX_LISTENERS, n);
+    listeners_clear(b);
+    for (size_t i = 0; i < n; i++) {
+        const yaml_node_t *item =
+            yaml_document_get_node(c->doc, node->data.sequence.items.start[i]);
+        snprintf(path, sizeof path, "listeners[%zu]", i);
+        b->listener_count = (unsigned)i + 1;
+        if (cfg_apply_defaults(c, listener_keys, ARRAY_LEN(listener_keys), &b->listeners[i]) < 0 ||
+            cfg_parse_mapping(c, item, path, listener_keys, ARRAY_LEN(listener_keys),
+                              &b->listeners[i]) < 0 ||
+            listener_check_unique(c, item, b, i) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int config_parse_storage(struct cfg_ctx *c, const yaml_node_t *node, void *cfg)
+{
+    return cfg_parse_mapping(c, node, "storage", storage_keys, ARRAY_LEN(storage_keys), cfg);
+}
+
+static int config_parse_limits(struct cfg_ctx *c, const yaml_node_t *node, void *cfg)
+{
+    return cfg_parse_mapping(c, node, "limits", limits_keys, ARRAY_LEN(limits_keys), cfg);
+}
+
+static int config_parse_log(struct cfg_ctx *c, const yaml_node_t *node, void *cfg)
+{
+    return cfg_parse_mapping(c, node, "log", log_keys, ARRAY_LEN(log_keys), cfg);
+}
+
+/* The top level. "connectors" and "rules" are reserved for the rules
+ * engine and, until it lands, rejected like any unknown section. */
+static const struct cfg_key root_keys[] = {
+    {.name = "instance", .type = CFG_SECTION, .parse = config_parse_instance},
+    {.name = "listeners", .type = CFG_SECTION, .parse = config_parse_listeners},
+    {.name = "storage", .type = CFG_SECTION, .parse = config_parse_storage},
+    {.name = "limits", .type = CFG_SECTION, .parse = config_parse_limits},
+    {.name = "log", .type = CFG_SECTION, .parse = config_parse_log},
+};
+
+/* Every key's default, from the tables; the default listener list is one
+ * listener made of the listener keys' defaults. */
+static int config_set_defaults(struct cfg_ctx *c, struct instance_config *cfg)
+{
+    if (cfg_apply_defaults(c, instance_keys, ARRAY_LEN(instance_keys), cfg) < 0 ||
+        cfg_apply_defaults(c, storage_keys, ARRAY_LEN(storage_keys), cfg) < 0 ||
+        cfg_apply_defaults(c, limits_keys, ARRAY_LEN(limits_keys), cfg) < 0 ||
+        cfg_apply_defaults(c, log_keys, ARRAY_LEN(log_keys), cfg) < 0)
+        return -1;
+    cfg->broker.listener_count = 1;
+    return cfg_apply_defaults(c, listener_keys, ARRAY_LEN(listener_keys),
+                              &cfg->broker.listeners[0]);
+}
+
+/* ---- Entry points ------------------------------------------------------ */
+
+/* Report a libyaml error with its own problem text and position. */
+static int cfg_fail_syntax(struct cfg_ctx *c, const yaml_parser_t *p, const char *text, size_t len)
+{
+    yaml_mark_t at = p->problem_mark;
+    if (p->error == YAML_MEMORY_ERROR)
+        return cfg_fail(c, NULL, "out of memory");
+    if (p->error == YAML_READER_ERROR) { /* only a byte offset is known: count */
+        at.line = at.column = 0;
+        for (size_t i = 0; i < p->problem_offset && i < len; i++) {
+            if (text[i] == '\n') {
+                at.line++;
+                at.column = 0;
+            } else if (((unsigned char)text[i] & 0xc0) != 0x80) {
+                at.column++;
+            }
+        }
+    }
+    if (p->context)
+        return cfg_fail_at(c, &at, "%s (%s at %zu:%zu)", p->problem ? p->problem : "syntax error",
+                           p->context, p->context_mark.line + 1, p->context_mark.column + 1);
+    return cfg_fail_at(c, &at, "%s", p->problem ? p->problem : "syntax error");
+}
+
+/* The file holds one document: a second one is an error, not ignored. */
+static int cfg_check_single_document(struct cfg_ctx *c, yaml_parser_t *parser, const char *text,
+                                     size_t len)
+{
+    yaml_document_t next;
+    if (!yaml_parser_load(parser, &next))
+        return cfg_fail_syntax(c, parser, text, len);
+    yaml_node_t *root = yaml_document_get_root_node(&next);
+    int rc = root ? cfg_fail(c, root, "only one YAML document is allowed") : 0;
+    yaml_document_delete(&next);
+    return rc;
+}
+
+int config_load_string(const char *text, size_t len, const char *name, struct instance_config *out,
+                       char *err, size_t errlen)
+{
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    char scratch[1];
+    struct cfg_ctx c = {
+        .name = name ? name : "<string>", .doc = &doc, .err = err, .errlen = errlen};
+    bool parsed = false;
+    int rc = -1;
+
+    memset(out, 0, sizeof *out);
+    if (!err || !errlen) {
+        c.err = scratch;
+        c.errlen = sizeof scratch;
+    }
+    c.err[0] = '\0';
+    if (!text) {
+        text = "";
+        len = 0;
+    }
+    if (!yaml_parser_initialize(&parser))
+        return cfg_fail(&c, NULL, "out of memory");
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        cfg_fail_syntax(&c, &parser, text, len);
+        goto done;
+    }
+    parsed = true;
+    if (config_set_defaults(&c, out) < 0)
+        goto done;
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (root && cfg_parse_mapping(&c, root, "", root_keys, ARRAY_LEN(root_keys), out) < 0)
+        goto done;
+    if (root && cfg_check_single_document(&c, &parser, text, len) < 0)
+        goto done;
+    if (!(out->source = strdup(c.name))) {
+        cfg_fail(&c, NULL, "out of memory");
+        goto done;
+    }
+    rc = 0;
+done:
+    if (parsed)
+        yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    if (rc < 0)
+        config_free(out);
+    return rc;
+}
+
+/* Read the whole file (at most CONFIG_MAX_FILE_SIZE bytes) into b. */
+static int config_read_file(const char *path, struct buf *b, char *err, size_t errlen)
+{
+    char chunk[8192];
+    size_t n;
+    int rc = -1;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (b->len + n > CONFIG_MAX_FILE_SIZE) {
+            snprintf(err, errlen, "cannot read %s: larger than %d bytes", path,
+                     CONFIG_MAX_FILE_SIZE);
+            goto done;
+        }
+        if (buf_append(b, chunk, n) < 0) {
+            snprintf(err, errlen, "cannot read %s: out of memory", path);
+            goto done;
+        }
+    }
+    if (ferror(f)) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        goto done;
+    }
+    rc = 0;
+done:
+    fclose(f);
+    return rc;
+}
+
+int config_load_file(const char *path, struct instance_config *out, char *err, size_t errlen)
+{
+    struct buf b = {0};
+    char scratch[1];
+    int rc = -1;
+    memset(out, 0, sizeof *out);
+    if (!err || !errlen) {
+        err = scratch;
+        errlen = sizeof scratch;
+    }
+    if (config_read_file(path, &b, err, errlen) == 0)
+        rc = config_load_string(b.data ? (const char *)b.data : "", b.len, path, out, err, errlen);
+    buf_free(&b);
+    return rc;
+}
+
+void config_free(struct instance_config *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->source);
+    free(cfg->instance_id);
+    broker_config_free(&cfg->broker);
+    memset(cfg, 0, sizeof *cfg);
+}

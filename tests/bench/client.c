@@ -1,0 +1,173 @@
+/* Engine-independent client logic: life cycle, the payload header written
+ * by publishers and the checks subscribers apply to every delivery.
+ *
+ * A delivery of (publisher p, seq s) is a duplicate if bit p * count + s of
+ * the subscriber's bitmap is already set, and out of order if the
+ * subscriber already had a higher seq from p (MQTT keeps the order of one
+ * publisher's messages to one subscriber at one QoS). Latency is the
+ * delivery time minus the send time in the header, both CLOCK_MONOTONIC. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+struct bench_header {
+    uint32_t magic;
+    uint32_t pub;
+    uint32_t seq;
+    uint32_t reserved;
+    int64_t sent_ns;
+};
+_Static_assert(sizeof(struct bench_header) == BENCH_HEADER_SIZE, "payload header layout");
+
+int64_t bench_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int client_init_role(struct client *c, const struct bench_opts *o)
+{
+    size_t tlen = strlen(o->topic) + 16;
+    if (c->role == ROLE_IDLE)
+        return 0;
+    c->topic = malloc(tlen);
+    if (!c->topic)
+        return -1;
+    if (c->role == ROLE_SUB) {
+        size_t words = ((uint64_t)o->publishers * (uint64_t)o->count + 63) / 64;
+        c->seen = calloc(words ? words : 1, sizeof *c->seen);
+        c->next_expected = calloc((size_t)o->publishers + 1, sizeof *c->next_expected);
+        snprintf(c->topic, tlen, "%s/#", o->topic);
+        return c->seen && c->next_expected ? 0 : -1;
+    }
+    c->payload = malloc((size_t)o->size);
+    if (!c->payload)
+        return -1;
+    memset(c->payload, 'x', (size_t)o->size);
+    snprintf(c->topic, tlen, "%s/%d", o->topic, c->index);
+    return 0;
+}
+
+struct client *client_create(const struct bench_opts *o, enum client_role role, int index)
+{
+    struct client *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->role = role;
+    c->index = index;
+    c->fd = -1;
+    c->next_id = 1;
+    snprintf(c->id, sizeof c->id, "mqbench-%ld-%c%d", (long)getpid(), "spi"[role], index);
+    if (client_init_role(c, o) < 0)
+        goto fail;
+    if (o->engine == ENGINE_MOSQ && engine_mosq_client_init(c, o) < 0)
+        goto fail;
+    return c;
+fail:
+    client_destroy(c);
+    return NULL;
+}
+
+void client_destroy(struct client *c)
+{
+    if (!c)
+        return;
+    engine_mosq_client_free(c);
+    if (c->fd >= 0)
+        close(c->fd);
+    bbuf_free(&c->in);
+    bbuf_free(&c->out);
+    free(c->payload);
+    free(c->topic);
+    free(c->seen);
+    free(c->next_expected);
+    free(c);
+}
+
+void client_fail(struct client *c, const char *why)
+{
+    struct worker *w = c->w;
+    if (c->state == CL_DEAD)
+        return;
+    if (c->state == CL_CONNECTING || c->state == CL_SUBSCRIBING)
+        w->pending--;
+    c->state = CL_DEAD;
+    if (!w->error)
+        w->error = why;
+    if (atomic_fetch_add(&w->shared->failed, 1) < 5)
+        fprintf(stderr, "mqbench: client %s: %s\n", c->id, why);
+}
+
+void client_set_ready(struct client *c)
+{
+    c->state = CL_READY;
+    c->w->pending--;
+    atomic_fetch_add(&c->w->shared->ready, 1);
+}
+
+void client_check_done(struct client *c)
+{
+    struct worker *w = c->w;
+    if (c->done || c->next_seq < (uint64_t)w->opts->count || c->completed < c->next_seq)
+        return;
+    c->done = true;
+    w->st.last_pub_ns = bench_now_ns();
+    atomic_fetch_add(&w->shared->pubs_done, 1);
+}
+
+void client_stamp_next(struct client *c)
+{
+    struct worker *w = c->w;
+    struct bench_header h = {.magic = BENCH_MAGIC, .pub = (uint32_t)c->index, .seq = c->next_seq};
+
+    h.sent_ns = bench_now_ns();
+    memcpy(c->payload, &h, sizeof h);
+    if (w->st.first_pub_ns == 0)
+        w->st.first_pub_ns = h.sent_ns;
+    c->next_seq++;
+    w->st.published++;
+}
+
+void client_record_delivery(struct client *c, const void *payload, size_t len, int64_t now)
+{
+    struct worker *w = c->w;
+    const struct bench_opts *o = w->opts;
+    struct bench_header h;
+
+    if (len < BENCH_HEADER_SIZE) {
+        w->st.malformed++;
+        return;
+    }
+    memcpy(&h, payload, sizeof h);
+    if (h.magic != BENCH_MAGIC || h.pub >= (uint32_t)o->publishers || h.seq >= o->count) {
+        w->st.malformed++;
+        return;
+    }
+    uint64_t bit = (uint64_t)h.pub * (uint64_t)o->count + h.seq;
+    uint64_t mask = 1ull << (bit & 63);
+    if (c->seen[bit >> 6] & mask) {
+        w->st.duplicates++;
+        return;
+    }
+    c->seen[bit >> 6] |= mask;
+    w->st.unique++;
+    if (h.seq < c->next_expected[h.pub])
+        w->st.out_of_order++;
+    else
+        c->next_expected[h.pub] = h.seq + 1;
+    hist_record(&w->st.latency, now > h.sent_ns ? (uint64_t)(now - h.sent_ns) : 0);
+    w->st.last_recv_ns = now;
+}
+
+void worker_flush(struct worker *w)
+{
+    if (w->st.unique != w->flushed_unique) {
+        atomic_fetch_add(&w->shared->unique, w->st.unique - w->flushed_unique);
+        w->flushed_unique = w->st.unique;
+    }
+}

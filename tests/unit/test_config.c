@@ -1,0 +1,553 @@
+/* config_suite: the instance configuration loader (engine/config.c). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../../engine/config.h"
+#include "check_main.h"
+
+struct load_case {
+    const char *name;
+    const char *yaml;
+    int rc;
+    const char *err; /* expected substring of the message ("" = none checked) */
+};
+
+static const struct load_case load_cases[] = {
+    /* Valid documents. */
+    {"empty document", "", 0, ""},
+    {"comments only", "# nothing here\n", 0, ""},
+    {"explicit empty document", "---\n", 0, ""},
+    {"null top level", "~\n", 0, ""},
+    {"document end marker", "log: {level: warn}\n...\n", 0, ""},
+    {"section with no content", "limits:\n", 0, ""},
+    {"flow style", "limits: {max_inflight: 1, max_queued: 0}\n", 0, ""},
+    {"limits at their maxima",
+     "limits:\n  max_inflight: 65535\n  max_queued: 10000000\n  max_packet_size: 268435460\n"
+     "  max_connections: 10000000\n  max_keepalive: 65535\n",
+     0, ""},
+    {"limits at their minima",
+     "limits: {max_inflight: 1, max_queued: 0, max_packet_size: 16, max_connections: 0,"
+     " max_keepalive: 0}\n",
+     0, ""},
+    {"IPv6 listener", "listeners:\n  - host: '::1'\n    port: 8883\n", 0, ""},
+    {"localhost listener", "listeners: [{host: localhost}]\n", 0, ""},
+    {"eight listeners",
+     "listeners: [{port: 1}, {port: 2}, {port: 3}, {port: 4}, {port: 5}, {port: 6},"
+     " {port: 7}, {port: 8}]\n",
+     0, ""},
+    {"same port on two hosts", "listeners: [{host: 127.0.0.1}, {host: '::1'}]\n", 0, ""},
+    {"quoted string id", "instance: {id: \"a-b_C9\"}\n", 0, ""},
+    {"sync full", "storage: {path: /tmp/x, sync: full}\n", 0, ""},
+    {"alias reused", "listeners:\n  - &l {host: 127.0.0.1}\nlimits: {}\n", 0, ""},
+
+    /* Unknown, duplicate and missing keys. */
+    {"unknown key with hint", "limits:\n    max_inflite: 5\n", -1,
+     "t.yaml:2:5: limits: unknown key 'max_inflite' (did you mean 'max_inflight'?)"},
+    {"unknown key without hint", "log:\n  colour: yes\n", -1,
+     "t.yaml:2:3: log: unknown key 'colour'"},
+    {"unknown section", "limit: {}\n", -1,
+     "t.yaml:1:1: unknown section 'limit' (did you mean 'limits'?)"},
+    {"connectors reserved", "connectors: {}\n", -1, "t.yaml:1:1: unknown section 'connectors'"},
+    {"rules reserved", "log: {}\nrules: []\n", -1, "t.yaml:2:1: unknown section 'rules'"},
+    {"duplicate key", "listeners:\n  - port: 1\n    port: 2\n", -1,
+     "t.yaml:3:5: listeners[0]: duplicate key 'port'"},
+    {"duplicate section", "limits: {}\nlog: {}\nlimits: {}\n", -1,
+     "t.yaml:3:1: top level: duplicate section 'limits'"},
+    {"storage without path", "storage:\n  sync: full\n", -1,
+     "t.yaml:2:3: storage: missing required key 'path'"},
+    {"storage with no content", "storage:\n", -1, "storage: missing required key 'path'"},
+    {"key is a sequence", "? [a]\n: 1\n", -1,
+     "t.yaml:1:3: top level: expected a key name, got a sequence"},
+
+    /* Integers. */
+    {"integer not a number", "limits:\n  max_inflight: abc\n", -1,
+     "t.yaml:2:17: limits.max_inflight: expected an integer 1..65535, got 'abc'"},
+    {"integer below range", "limits: {max_inflight: 0}\n", -1,
+     "limits.max_inflight: expected an integer 1..65535, got '0'"},
+    {"integer above range", "limits: {max_keepalive: 65536}\n", -1,
+     "limits.max_keepalive: expected an integer 0..65535, got '65536'"},
+    {"packet size below 16", "limits: {max_packet_size: 15}\n", -1,
+     "limits.max_packet_size: expected an integer 16..268435460, got '15'"},
+    {"integer fraction", "limits: {max_queued: 1.5}\n", -1,
+     "limits.max_queued: expected an integer 0..10000000, got '1.5'"},
+    {"integer empty", "limits:\n  max_queued:\n", -1,
+     "t.yaml:2:14: limits.max_queued: expected an integer 0..10000000, got nothing"},
+    {"integer null", "limits: {max_queued: ~}\n", -1, "got null"},
+    {"integer hex", "limits: {max_queued: 0x10}\n", -1, "got '0x10'"},
+    {"integer negative", "limits: {max_connections: -1}\n", -1, "got '-1'"},
+    {"integer plus sign", "limits: {max_connections: +5}\n", -1, "got '+5'"},
+    {"integer leading zero", "limits: {max_connections: 010}\n", -1, "got '010'"},
+    {"integer separator", "limits: {max_queued: 1_000}\n", -1, "got '1_000'"},
+    {"integer overflow", "limits: {max_queued: 99999999999999999999999}\n", -1,
+     "got '99999999999999999999999'"},
+    {"integer quoted", "limits: {max_inflight: \"20\"}\n", -1,
+     "limits.max_inflight: expected an integer 1..65535, got the quoted string '20'"},
+    {"integer is a mapping", "limits: {max_queued: {a: 1}}\n", -1,
+     "limits.max_queued: expected an integer 0..10000000, got a mapping"},
+    {"integer with tag", "limits:\n  max_inflight: !!int 20\n", -1,
+     "t.yaml:2:17: limits.max_inflight: unexpected tag 'tag:yaml.org,2002:int'"},
+
+    /* Strings and enums. */
+    {"local tag", "instance: {id: !custom x}\n", -1, "instance.id: unexpected tag '!custom'"},
+    {"id bad character", "instance: {id: a.b}\n", -1,
+     "instance.id: expected 1..64 characters of A-Z a-z 0-9 _ -, got 'a.b'"},
+    {"id too long",
+     "instance: {id: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}\n", -1,
+     "instance.id: expected 1..64 characters"},
+    {"id with NUL", "instance: {id: \"a\\0b\"}\n", -1,
+     "instance.id: expected 1..64 characters of A-Z a-z 0-9 _ -, got the quoted string 'a?b'"},
+    {"path empty", "storage: {path: ''}\n", -1,
+     "storage.path: expected a string of 1..4095 bytes, got the quoted string ''"},
+    {"path null", "storage: {path: ~}\n", -1,
+     "storage.path: expected a string of 1..4095 bytes, got null"},
+    {"sync unknown", "storage:\n  path: d\n  sync: sometimes\n", -1,
+     "t.yaml:3:9: storage.sync: expected one of off, normal, full, got 'sometimes'"},
+    {"sync wrong case", "storage: {path: d, sync: Normal}\n", -1, "got 'Normal'"},
+    {"log level unknown", "log: {level: verbose}\n", -1,
+     "log.level: expected one of debug, info, notice, warn, error, got 'verbose'"},
+    {"section is a scalar", "instance: foo\n", -1,
+     "t.yaml:1:11: instance: expected a mapping, got 'foo'"},
+
+    /* Listeners. */
+    {"listeners is a mapping", "listeners:\n  host: 0.0.0.0\n", -1,
+     "t.yaml:2:3: listeners: expected a sequence of 1..8 listeners, got a mapping"},
+    {"listeners is a scalar", "listeners: 1883\n", -1, "listeners: expected a sequence"},
+    {"listeners empty", "listeners: []\n", -1,
+     "t.yaml:1:12: listeners: expected 1..8 listeners, got 0"},
+    {"listeners with no content", "listeners:\n", -1, "listeners: expected 1..8 listeners, got 0"},
+    {"nine listeners",
+     "listeners: [{port: 1}, {port: 2}, {port: 3}, {port: 4}, {port: 5}, {port: 6},"
+     " {port: 7}, {port: 8}, {port: 9}]\n",
+     -1, "listeners: expected 1..8 listeners, got 9"},
+    {"listener not a mapping", "listeners: [1883]\n", -1,
+     "t.yaml:1:13: listeners[0]: expected a mapping, got '1883'"},
+    {"listener port 0", "listeners:\n  - port: 0\n", -1,
+     "t.yaml:2:11: listeners[0].port: expected an integer 1..65535, got '0'"},
+    {"listener host name", "listeners: [{port: 1}, {host: example.com}]\n", -1,
+     "listeners[1].host: expected an IPv4 or IPv6 address or localhost, got 'example.com'"},
+    {"listener host with port", "listeners: [{host: '127.0.0.1:1883'}]\n", -1,
+     "listeners[0].host: expected an IPv4 or IPv6 address"},
+    {"listeners on the same address", "listeners:\n  - port: 1\n  - {port: 2}\n  - port: 1\n", -1,
+     "t.yaml:4:5: listeners[2]: same host and port as listeners[0] (0.0.0.0:1)"},
+
+    /* Document structure and syntax. */
+    {"top level sequence", "- a\n- b\n", -1,
+     "t.yaml:1:1: top level: expected a mapping, got a sequence"},
+    {"top level scalar", "hello\n", -1, "t.yaml:1:1: top level: expected a mapping, got 'hello'"},
+    {"two documents", "log: {level: info}\n---\nlog: {level: debug}\n", -1,
+     "t.yaml:3:1: only one YAML document is allowed"},
+    {"syntax: unclosed flow", "limits:\n  max_inflight: [1, 2\n", -1,
+     "t.yaml:3:1: did not find expected ',' or ']' (while parsing a flow sequence at 2:17)"},
+    {"syntax: mapping in scalar", "log: level: info\n", -1,
+     "t.yaml:1:11: mapping values are not allowed in this context"},
+    {"syntax: tab indentation", "log:\n\tlevel: info\n", -1,
+     "t.yaml:2:1: found character that cannot start any token"},
+    {"syntax: undefined alias", "log: *nothing\n", -1, "t.yaml:1:6: found undefined alias"},
+    {"invalid UTF-8", "log: {level: \xff}\n", -1, "t.yaml:1:14: invalid leading UTF-8 octet"},
+};
+
+START_TEST(test_load_table)
+{
+    const struct load_case *t = &load_cases[_i];
+    struct instance_config cfg;
+    char err[512] = "untouched";
+    int rc = config_load_string(t->yaml, strlen(t->yaml), "t.yaml", &cfg, err, sizeof err);
+    ck_assert_msg(rc == t->rc, "%s: rc %d, want %d (%s)", t->name, rc, t->rc, err);
+    if (rc < 0) {
+        ck_assert_msg(strstr(err, t->err) != NULL, "%s: err '%s' lacks '%s'", t->name, err, t->err);
+        ck_assert_msg(cfg.source == NULL && cfg.instance_id == NULL &&
+                          cfg.broker.storage_dir == NULL && cfg.broker.listener_count == 0,
+                      "%s: failed load left data in *out", t->name);
+    } else {
+        ck_assert_str_eq(cfg.source, "t.yaml");
+        ck_assert_uint_ge(cfg.broker.listener_count, 1);
+    }
+    config_free(&cfg);
+}
+END_TEST
+
+static const char full_yaml[] = "instance:\n"
+                                "  id: edge-7\n"
+                                "listeners:\n"
+                                "  - host: 127.0.0.1\n"
+                                "    port: 1884\n"
+                                "  - host: '::'\n"
+                                "    port: 8883\n"
+                                "storage:\n"
+                                "  path: /var/lib/mqb\n"
+                                "  sync: full\n"
+                                "limits:\n"
+                                "  max_inflight: 7\n"
+                                "  max_queued: 12345\n"
+                                "  max_packet_size: 4096\n"
+                                "  max_connections: 500\n"
+                                "  max_keepalive: 600\n"
+                                "log:\n"
+                                "  level: debug\n";
+
+START_TEST(test_full_file_fields)
+{
+    struct instance_config cfg;
+    char err[256];
+    ck_assert_int_eq(
+        config_load_string(full_yaml, strlen(full_yaml), "full.yaml", &cfg, err, sizeof err), 0);
+    ck_assert_str_eq(cfg.source, "full.yaml");
+    ck_assert_str_eq(cfg.instance_id, "edge-7");
+    ck_assert_uint_eq(cfg.broker.listener_count, 2);
+    ck_assert_str_eq(cfg.broker.listeners[0].host, "127.0.0.1");
+    ck_assert_uint_eq(cfg.broker.listeners[0].port, 1884);
+    ck_assert_str_eq(cfg.broker.listeners[1].host, "::");
+    ck_assert_uint_eq(cfg.broker.listeners[1].port, 8883);
+    ck_assert_ptr_null(cfg.broker.listeners[2].host);
+    ck_assert_str_eq(cfg.broker.storage_dir, "/var/lib/mqb");
+    ck_assert_int_eq(cfg.broker.sync, STORE_SYNC_FULL);
+    ck_assert_uint_eq(cfg.broker.limits.max_inflight, 7);
+    ck_assert_uint_eq(cfg.broker.limits.max_queued, 12345);
+    ck_assert_uint_eq(cfg.broker.limits.max_packet_size, 4096);
+    ck_assert_uint_eq(cfg.broker.limits.max_connections, 500);
+    ck_assert_uint_eq(cfg.broker.limits.max_keepalive, 600);
+    ck_assert_int_eq(cfg.log_level, LOG_DEBUG);
+    config_free(&cfg);
+    ck_assert_ptr_null(cfg.source);
+    config_free(&cfg); /* freeing twice is harmless: the config was zeroed */
+}
+END_TEST
+
+/* The schema's defaults and broker_config_defaults() must agree. */
+START_TEST(test_empty_document_defaults)
+{
+    struct instance_config cfg;
+    struct broker_config def;
+    char err[256];
+    ck_assert_int_eq(config_load_string("", 0, "<embedded>", &cfg, err, sizeof err), 0);
+    broker_config_defaults(&def);
+    ck_assert_str_eq(cfg.instance_id, "mqbridge");
+    ck_assert_int_eq(cfg.log_level, LOG_INFO);
+    ck_assert_uint_eq(cfg.broker.listener_count, def.listener_count);
+    ck_assert_uint_eq(cfg.broker.listener_count, 1);
+    ck_assert_str_eq(cfg.broker.listeners[0].host, def.listeners[0].host);
+    ck_assert_str_eq(cfg.broker.listeners[0].host, "0.0.0.0");
+    ck_assert_uint_eq(cfg.broker.listeners[0].port, def.listeners[0].port);
+    ck_assert_uint_eq(cfg.broker.listeners[0].port, 1883);
+    ck_assert_str_eq(cfg.broker.storage_dir, def.storage_dir);
+    ck_assert_str_eq(cfg.broker.storage_dir, "./data");
+    ck_assert_int_eq(cfg.broker.sync, def.sync);
+    ck_assert_int_eq(cfg.broker.sync, STORE_SYNC_NORMAL);
+    ck_assert_int_eq(memcmp(&cfg.broker.limits, &def.limits, sizeof def.limits), 0);
+    ck_assert_uint_eq(cfg.broker.limits.max_packet_size, 268435460);
+    ck_assert_uint_eq(cfg.broker.limits.max_inflight, 20);
+    ck_assert_uint_eq(cfg.broker.limits.max_queued, 1000);
+    ck_assert_uint_eq(cfg.broker.limits.max_connections, 0);
+    ck_assert_uint_eq(cfg.broker.limits.max_keepalive, 0);
+    broker_config_free(&def);
+    ck_assert_ptr_null(def.storage_dir);
+    config_free(&cfg);
+}
+END_TEST
+
+/* A listener item starts from the listener defaults; a section replaces
+ * only the keys it names. */
+START_TEST(test_partial_sections_keep_defaults)
+{
+    static const char yaml[] = "listeners: [{port: 1884}, {host: '::'}]\n"
+                               "storage: {path: here}\n"
+                               "limits: {max_queued: 5}\n";
+    struct instance_config cfg;
+    char err[256];
+    ck_assert_int_eq(config_load_string(yaml, strlen(yaml), "p.yaml", &cfg, err, sizeof err), 0);
+    ck_assert_uint_eq(cfg.broker.listener_count, 2);
+    ck_assert_str_eq(cfg.broker.listeners[0].host, "0.0.0.0");
+    ck_assert_uint_eq(cfg.broker.listeners[0].port, 1884);
+    ck_assert_str_eq(cfg.broker.listeners[1].host, "::");
+    ck_assert_uint_eq(cfg.broker.listeners[1].port, 1883);
+    ck_assert_str_eq(cfg.broker.storage_dir, "here");
+    ck_assert_int_eq(cfg.broker.sync, STORE_SYNC_NORMAL);
+    ck_assert_uint_eq(cfg.broker.limits.max_queued, 5);
+    ck_assert_uint_eq(cfg.broker.limits.max_inflight, 20);
+    ck_assert_str_eq(cfg.instance_id, "mqbridge");
+    config_free(&cfg);
+}
+END_TEST
+
+/* Read a whole file into a NUL-terminated heap string, or NULL. */
+static char *read_text(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    long size;
+    if (!f)
+        return NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (text = malloc((size_t)size + 1)) != NULL) {
+        *len = fread(text, 1, (size_t)size, f);
+        text[*len] = '\0';
+    }
+    fclose(f);
+    return text;
+}
+
+/* ctest runs from the source dir (or MQB_SOURCE_DIR names it); a build
+ * directory one or two levels down works too. Returns a static path. */
+static const char *find_file(const char *rel)
+{
+    static char path[4096];
+    static const char *const roots[] = {
+#ifdef MQB_SOURCE_DIR
+        MQB_SOURCE_DIR,
+#endif
+        ".",
+        "..",
+        "../..",
+    };
+    for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", roots[i], rel);
+        if (access(path, R_OK) == 0)
+            return path;
+    }
+    return NULL;
+}
+
+START_TEST(test_quickstart_example_loads)
+{
+    const char *path = find_file("examples/quickstart.yaml");
+    ck_assert_msg(path != NULL, "examples/quickstart.yaml not found from %s",
+                  getcwd((char[4096]){0}, 4096));
+    size_t len = 0;
+    char *text = read_text(path, &len);
+    ck_assert_ptr_nonnull(text);
+    struct instance_config cfg;
+    char err[256] = "";
+    ck_assert_msg(config_load_string(text, len, "<embedded>", &cfg, err, sizeof err) == 0, "%s",
+                  err);
+    ck_assert_uint_eq(cfg.broker.listener_count, 1);
+    ck_assert_str_eq(cfg.broker.listeners[0].host, "127.0.0.1");
+    ck_assert_uint_eq(cfg.broker.listeners[0].port, 1883);
+    ck_assert_str_eq(cfg.broker.storage_dir, "./data/quickstart");
+    ck_assert_int_eq(cfg.broker.sync, STORE_SYNC_NORMAL);
+    ck_assert_int_eq(cfg.log_level, LOG_INFO);
+    ck_assert_uint_eq(cfg.broker.limits.max_inflight, 20);
+    ck_assert_uint_eq(cfg.broker.limits.max_packet_size, 268435460);
+    ck_assert_ptr_nonnull(strstr(text, "# rules: (coming with the rules engine)"));
+    config_free(&cfg);
+    free(text);
+}
+END_TEST
+
+/* ---- docs/CONFIG.md agrees with the loader ----------------------------- */
+
+static int load_quiet(const char *yaml, struct instance_config *cfg)
+{
+    char err[256];
+    return config_load_string(yaml, strlen(yaml), "doc.yaml", cfg, err, sizeof err);
+}
+
+static int configs_equal(const struct instance_config *a, const struct instance_config *b)
+{
+    const struct broker_config *x = &a->broker, *y = &b->broker;
+    if (strcmp(a->instance_id, b->instance_id) || a->log_level != b->log_level ||
+        x->listener_count != y->listener_count || strcmp(x->storage_dir, y->storage_dir) ||
+        x->sync != y->sync || memcmp(&x->limits, &y->limits, sizeof x->limits))
+        return 0;
+    for (unsigned i = 0; i < x->listener_count; i++)
+        if (strcmp(x->listeners[i].host, y->listeners[i].host) ||
+            x->listeners[i].port != y->listeners[i].port)
+            return 0;
+    return 1;
+}
+
+/* A one-key document setting section.key to value. */
+static void doc_yaml(char *out, size_t outlen, const char *section, const char *key,
+                     const char *value)
+{
+    if (!strcmp(section, "listeners"))
+        snprintf(out, outlen, "listeners: [{%s: %s}]\n", key, value);
+    else if (!strcmp(section, "storage") && strcmp(key, "path") != 0)
+        snprintf(out, outlen, "storage: {path: ./data, %s: %s}\n", key, value);
+    else
+        snprintf(out, outlen, "%s: {%s: %s}\n", section, key, value);
+}
+
+/* Copy a table cell without spaces and backticks. */
+static void cell_text(const char *cell, size_t len, char *out, size_t outlen)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len && n + 1 < outlen; i++)
+        if (cell[i] != '`' && cell[i] != ' ')
+            out[n++] = cell[i];
+    out[n] = '\0';
+}
+
+/* Split "| `key` | type | `default` | range | meaning |" into its first four cells. */
+static int doc_row(const char *line, char cells[4][64])
+{
+    const char *p = line + 1;
+    for (int i = 0; i < 4; i++) {
+        const char *bar = strchr(p, '|');
+        if (!bar)
+            return -1;
+        cell_text(p, (size_t)(bar - p), cells[i], sizeof cells[i]);
+        p = bar + 1;
+    }
+    return 0;
+}
+
+/* The default of the row loads into exactly the built-in defaults; an
+ * integer range's ends load and the values just outside it do not. */
+static void check_doc_row(const struct instance_config *defaults, const char *section,
+                          char cells[4][64])
+{
+    struct instance_config cfg;
+    char yaml[256], num[32];
+    doc_yaml(yaml, sizeof yaml, section, cells[0], cells[2]);
+    ck_assert_msg(load_quiet(yaml, &cfg) == 0, "docs default does not load: %s", yaml);
+    ck_assert_msg(configs_equal(defaults, &cfg), "docs default is not the default: %s", yaml);
+    config_free(&cfg);
+    unsigned long long lo, hi;
+    if (strcmp(cells[1], "integer") != 0 || sscanf(cells[3], "%llu..%llu", &lo, &hi) != 2)
+        return;
+    for (int i = 0; i < 4; i++) {
+        unsigned long long v = i == 0 ? lo : i == 1 ? hi : i == 2 ? lo - 1 : hi + 1;
+        if (i == 2 && lo == 0)
+            continue;
+        snprintf(num, sizeof num, "%llu", v);
+        doc_yaml(yaml, sizeof yaml, section, cells[0], num);
+        ck_assert_msg((load_quiet(yaml, &cfg) == 0) == (i < 2), "docs range wrong: %s", yaml);
+        config_free(&cfg);
+    }
+}
+
+START_TEST(test_docs_match_loader)
+{
+    const char *path = find_file("docs/CONFIG.md");
+    ck_assert_msg(path != NULL, "docs/CONFIG.md not found");
+    size_t len = 0, rows = 0;
+    char *text = read_text(path, &len), section[32] = "", cells[4][64];
+    ck_assert_ptr_nonnull(text);
+    struct instance_config defaults;
+    ck_assert_int_eq(load_quiet("", &defaults), 0);
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        if (!strncmp(line, "## ", 3)) /* "## `limits`" opens a section, "## Reserved" ends */
+            cell_text(line + 3, strlen(line + 3), section, sizeof section);
+        else if (!strncmp(line, "| `", 3) && strcmp(section, "Reserved") != 0 &&
+                 doc_row(line, cells) == 0 && rows++ < 100)
+            check_doc_row(&defaults, section, cells);
+    }
+    /* One row per schema key: update when a key is added (and document it). */
+    ck_assert_uint_eq(rows, 11);
+    config_free(&defaults);
+    free(text);
+}
+END_TEST
+
+START_TEST(test_load_file_names_path)
+{
+    char path[] = "/tmp/mqb_config_test_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    static const char yaml[] = "log:\n  level: loud\n";
+    ck_assert_int_eq(write(fd, yaml, sizeof yaml - 1), (int)(sizeof yaml - 1));
+    close(fd);
+    struct instance_config cfg;
+    char err[512], want[600];
+    ck_assert_int_eq(config_load_file(path, &cfg, err, sizeof err), -1);
+    snprintf(want, sizeof want, "%s:2:10: log.level: expected one of", path);
+    ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "err '%s'", err);
+    unlink(path);
+}
+END_TEST
+
+START_TEST(test_load_file_missing)
+{
+    struct instance_config cfg;
+    char err[256];
+    ck_assert_int_eq(config_load_file("/nonexistent/mqb.yaml", &cfg, err, sizeof err), -1);
+    ck_assert_str_eq(err, "cannot read /nonexistent/mqb.yaml: No such file or directory");
+    ck_assert_int_eq(config_load_file("/", &cfg, err, sizeof err), -1);
+    ck_assert_str_eq(err, "cannot read /: Is a directory");
+    ck_assert_ptr_null(cfg.source);
+}
+END_TEST
+
+START_TEST(test_load_file_ok)
+{
+    char path[] = "/tmp/mqb_config_test_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, full_yaml, sizeof full_yaml - 1), (int)(sizeof full_yaml - 1));
+    close(fd);
+    struct instance_config cfg;
+    char err[256];
+    ck_assert_int_eq(config_load_file(path, &cfg, err, sizeof err), 0);
+    ck_assert_str_eq(cfg.source, path);
+    ck_assert_str_eq(cfg.instance_id, "edge-7");
+    config_free(&cfg);
+    unlink(path);
+}
+END_TEST
+
+/* Messages are cut to the buffer; no buffer at all is allowed. */
+START_TEST(test_small_error_buffers)
+{
+    static const char yaml[] = "limits: {max_inflight: 0}\n";
+    struct instance_config cfg;
+    char err[12];
+    memset(err, 'x', sizeof err);
+    ck_assert_int_eq(config_load_string(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof err), -1);
+    ck_assert_str_eq(err, "t.yaml:1:24");
+    ck_assert_int_eq(config_load_string(yaml, strlen(yaml), "t.yaml", &cfg, NULL, 0), -1);
+    ck_assert_int_eq(config_load_file("/nonexistent", &cfg, NULL, 0), -1);
+}
+END_TEST
+
+/* Text need not be NUL-terminated: only len bytes are read. */
+START_TEST(test_length_bounds_input)
+{
+    static const char yaml[] = "log: {level: debug}\nbogus: 1\n";
+    struct instance_config cfg;
+    char err[256];
+    size_t len = strlen("log: {level: debug}\n");
+    ck_assert_int_eq(config_load_string(yaml, len, "t.yaml", &cfg, err, sizeof err), 0);
+    ck_assert_int_eq(cfg.log_level, LOG_DEBUG);
+    config_free(&cfg);
+}
+END_TEST
+
+START_TEST(test_free_accepts_null_and_zeroed)
+{
+    struct instance_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    config_free(&cfg);
+    config_free(NULL);
+    broker_config_free(NULL);
+    /* Half-built: a host past listener_count is still freed (ASan checks). */
+    cfg.broker.listeners[3].host = strdup("::");
+    cfg.instance_id = strdup("x");
+    config_free(&cfg);
+    ck_assert_ptr_null(cfg.broker.listeners[3].host);
+    ck_assert_ptr_null(cfg.instance_id);
+}
+END_TEST
+
+static Suite *config_suite(void)
+{
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("load");
+    tcase_add_loop_test(tc, test_load_table, 0, (int)(sizeof load_cases / sizeof load_cases[0]));
+    tcase_add_test(tc, test_full_file_fields);
+    tcase_add_test(tc, test_empty_document_defaults);
+    tcase_add_test(tc, test_partial_sections_keep_defaults);
+    tcase_add_test(tc, test_quickstart_example_loads);
+    tcase_add_test(tc, test_docs_match_loader);
+    tcase_add_test(tc, test_load_file_names_path);
+    tcase_add_test(tc, test_load_file_missing);
+    tcase_add_test(tc, test_load_file_ok);
+    tcase_add_test(tc, test_small_error_buffers);
+    tcase_add_test(tc, test_length_bounds_input);
+    tcase_add_test(tc, test_free_accepts_null_and_zeroed);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+CHECK_MAIN(config_suite)
