@@ -14,7 +14,10 @@
 #include "../common/log.h"
 #include "broker_internal.h"
 
-static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
 
 static int config_copy(struct broker_config *dst, const struct broker_config *src)
 {
@@ -114,8 +117,14 @@ static int open_store(struct broker *b, char *err, size_t errlen)
 }
 
 static void on_tick(uv_timer_t *t);
-static void on_prepare(uv_prepare_t *p) { broker_flush(p->data); }
-static void on_check(uv_check_t *c) { broker_flush(c->data); }
+static void on_prepare(uv_prepare_t *p)
+{
+    broker_flush(p->data);
+}
+static void on_check(uv_check_t *c)
+{
+    broker_flush(c->data);
+}
 
 static int listen_one(struct broker *b, unsigned i, char *err, size_t errlen)
 {
@@ -130,8 +139,7 @@ static int listen_one(struct broker *b, unsigned i, char *err, size_t errlen)
     int rc = strchr(host, ':') ? uv_ip6_addr(host, l->port, &addr.in6)
                                : uv_ip4_addr(host, l->port, &addr.in4);
     if (rc < 0) {
-        snprintf(err, errlen, "listener %s:%u: bad address: %s", l->host, l->port,
-                 uv_strerror(rc));
+        snprintf(err, errlen, "listener %s:%u: bad address: %s", l->host, l->port, uv_strerror(rc));
         return -1;
     }
     uv_tcp_init(b->loop, &ls->tcp);
@@ -237,7 +245,10 @@ void broker_stop(struct broker *b, void (*done)(void *arg), void *arg)
         done(arg);
 }
 
-static void free_session(const char *key, void *value, void *ctx) { session_free(value); }
+static void free_session(const char *key, void *value, void *ctx)
+{
+    session_free(value);
+}
 
 void broker_free(struct broker *b)
 {
@@ -267,10 +278,9 @@ void broker_log_stats(const struct broker *b)
     struct broker_stats s;
     broker_get_stats(b, &s);
     log_notice("stats: connections=%" PRIu64 " connections_total=%" PRIu64 " sessions=%" PRIu64
-               " subscriptions=%" PRIu64 " retained=%" PRIu64 " received=%" PRIu64
-               " sent=%" PRIu64 " dropped=%" PRIu64 " bytes_in=%" PRIu64 " bytes_out=%" PRIu64
-               " malformed=%" PRIu64,
-               s.connections_current, s.connections_total, s.sessions, s.subscriptions,
-               s.retained, s.messages_received, s.messages_sent, s.messages_dropped,
-               s.bytes_received, s.bytes_sent, s.malformed_packets);
+               " subscriptions=%" PRIu64 " retained=%" PRIu64 " received=%" PRIu64 " sent=%" PRIu64
+               " dropped=%" PRIu64 " bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " malformed=%" PRIu64,
+               s.connections_current, s.connections_total, s.sessions, s.subscriptions, s.retained,
+               s.messages_received, s.messages_sent, s.messages_dropped, s.bytes_received,
+               s.bytes_sent, s.malformed_packets);
 }

@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "message.h"
+#include "naming.h"
 #include "store.h"
 
 #define BROKER_MAX_LISTENERS 8
@@ -25,20 +26,46 @@ struct broker_limits {
     uint32_t max_queued;      /* queued messages per client, past which new ones drop */
     uint32_t max_connections; /* 0 = unlimited */
     uint16_t max_keepalive;   /* 0 = accept the client's value */
+    /* The managed-service limits (SEMANTICS.md), enforced in both naming
+     * modes. */
+    uint32_t max_message_size;                      /* payload bytes; 65536; larger is discarded */
+    uint16_t max_subscriptions_per_client;          /* 30; a wildcard filter counts as one */
+    uint16_t max_wildcard_subscriptions_per_parent; /* 100, instance-wide */
+    uint16_t max_parent_topics;                     /* 25 (checked when loading the config) */
+    uint32_t offline_message_ttl;                   /* seconds; 259200 = 3 days */
+    uint32_t max_offline_messages; /* 1000000 per instance; past it the oldest go */
+};
+
+enum naming_mode {
+    NAMING_MANAGED = 0, /* client ID format, declared groups and parent topics, 3 levels */
+    NAMING_MQTT = 1,    /* plain MQTT 3.1.1 names (conformance suites) */
+};
+
+enum duplicate_policy {
+    DUPLICATE_TAKEOVER = 0, /* the old connection is closed [MQTT-3.1.4-2] */
+    DUPLICATE_REJECT = 1,   /* the newcomer gets CONNACK 0x02 */
 };
 
 struct broker_config {
     struct broker_listener listeners[BROKER_MAX_LISTENERS];
     unsigned listener_count;
-    char *storage_dir;      /* directory of the embedded store; NULL = memory only */
-    enum store_sync sync;   /* durability of the store */
+    char *storage_dir;    /* directory of the embedded store; NULL = memory only */
+    enum store_sync sync; /* durability of the store */
     struct broker_limits limits;
+    enum naming_mode naming_mode;
+    enum duplicate_policy on_duplicate_client_id;
+    struct naming naming; /* declared parent topics and groups, naming limits */
 };
 
 /* Fill cfg with the defaults (one listener 0.0.0.0:1883, storage "./data",
  * STORE_SYNC_NORMAL, max_packet_size 268435460, max_inflight 20,
- * max_queued 1000, max_connections 0, max_keepalive 0). Strings are
- * heap copies freed by broker_config_free(). */
+ * max_queued 1000, max_connections 0, max_keepalive 0, max_message_size
+ * 65536, max_subscriptions_per_client 30,
+ * max_wildcard_subscriptions_per_parent 100, max_parent_topics 25,
+ * offline_message_ttl 259200, max_offline_messages 1000000, naming managed
+ * with no parent topics or groups declared and naming limits 64/3/64,
+ * on_duplicate_client_id takeover). Strings are heap copies freed by
+ * broker_config_free(). */
 void broker_config_defaults(struct broker_config *cfg);
 void broker_config_free(struct broker_config *cfg);
 

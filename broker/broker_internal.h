@@ -37,23 +37,23 @@ struct listener {
 struct conn {
     uv_tcp_t tcp; /* first: the handle's address is the conn's */
     struct broker *b;
-    struct conn *prev, *next;   /* every connection */
-    struct conn *flush_next;    /* pending-output list */
+    struct conn *prev, *next; /* every connection */
+    struct conn *flush_next;  /* pending-output list */
     bool in_flush_list;
-    bool writing;               /* a uv_write is in flight */
-    bool clean_disconnect;      /* DISCONNECT received */
-    uint8_t state;              /* enum conn_state */
+    bool writing;          /* a uv_write is in flight */
+    bool clean_disconnect; /* DISCONNECT received */
+    uint8_t state;         /* enum conn_state */
     uint8_t protocol_level;
-    uint16_t keepalive;         /* seconds, 0 = none */
-    uint64_t last_recv_ms;      /* loop time of the last byte received */
-    uint64_t channel;           /* unique per connection */
-    struct session *session;    /* NULL until CONNECT accepted */
-    struct message *will;       /* NULL when none */
-    struct buf in;              /* bytes of an incomplete packet */
-    struct buf out;             /* encoded, not yet handed to the kernel */
-    struct buf wbuf;            /* handed to uv_write, in flight */
+    uint16_t keepalive;      /* seconds, 0 = none */
+    uint64_t last_recv_ms;   /* loop time of the last byte received */
+    uint64_t channel;        /* unique per connection */
+    struct session *session; /* NULL until CONNECT accepted */
+    struct message *will;    /* NULL when none */
+    struct buf in;           /* bytes of an incomplete packet */
+    struct buf out;          /* encoded, not yet handed to the kernel */
+    struct buf wbuf;         /* handed to uv_write, in flight */
     uv_write_t wreq;
-    char peer[64];              /* "ip:port" */
+    char peer[64]; /* "ip:port" */
 };
 
 struct broker {
@@ -72,11 +72,11 @@ struct broker {
     void *stop_arg;
     int lock_fd;
 
-    struct store *store;          /* NULL when memory only */
+    struct store *store; /* NULL when memory only */
     struct topic_tree *topics;
-    struct hmap sessions;         /* client id -> struct session * */
-    struct conn *conns;           /* list head */
-    struct conn *flush_head;      /* connections with pending output */
+    struct hmap sessions;    /* client id -> struct session * */
+    struct conn *conns;      /* list head */
+    struct conn *flush_head; /* connections with pending output */
     uint64_t next_channel;
 
     /* Routing scratch: sessions matched by the current publish. */

@@ -261,9 +261,8 @@ void conn_close(struct conn *c, const char *reason, bool publish_will)
     /* Whatever is still unwritten (a CONNACK refusal, a last PUBACK) goes
      * out first; uv_close after a write would cut it. */
     if (c->out.len && !c->writing)
-        uv_try_write((uv_stream_t *)&c->tcp, &(uv_buf_t){ .base = (char *)c->out.data,
-                                                          .len = c->out.len },
-                     1);
+        uv_try_write((uv_stream_t *)&c->tcp,
+                     &(uv_buf_t){.base = (char *)c->out.data, .len = c->out.len}, 1);
     /* If c is in the flush list it stays valid until broker_flush pops it:
      * every close happens before the iteration's last flush, and libuv frees
      * handles only after it (the closing phase). */
@@ -310,7 +309,7 @@ static void conn_write(struct conn *c)
 {
     if (c->writing || c->out.len == 0 || c->state == CONN_CLOSING)
         return;
-    uv_buf_t ub = { .base = (char *)c->out.data, .len = c->out.len };
+    uv_buf_t ub = {.base = (char *)c->out.data, .len = c->out.len};
     int n = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
     if (n == UV_EAGAIN)
         n = 0;

@@ -81,16 +81,16 @@ int handle_publish(struct conn *c, const struct mqtt_publish *p)
         if (!s->clean_session && b->store)
             store_qos2_put(b->store, s->client_id, p->packet_id);
     }
-    struct message *m = message_new(p->topic.p, p->topic.len, p->payload, p->payload_len, p->qos,
-                                    p->retain);
+    struct message *m =
+        message_new(p->topic.p, p->topic.len, p->payload, p->payload_len, p->qos, p->retain);
     if (!m) {
         log_error("%s: out of memory for a message", c->peer);
         return -1;
     }
     m->id = broker_next_message_id(b);
     m->time_ms = (int64_t)(m->id >> 20);
-    log_debug("%s: PUBLISH %s qos=%u id=%016" PRIx64 " (%" PRIu32 " bytes)", s->client_id,
-              m->topic, p->qos, m->id, p->payload_len);
+    log_debug("%s: PUBLISH %s qos=%u id=%016" PRIx64 " (%" PRIu32 " bytes)", s->client_id, m->topic,
+              p->qos, m->id, p->payload_len);
     broker_route(b, m, s->client_id);
     message_unref(m);
     if (p->qos == 1)

@@ -79,7 +79,7 @@ int handle_subscribe(struct conn *c, const struct mqtt_subscribe *p)
         if (rcs[i] == MQTT_SUBACK_FAILURE)
             continue;
         filter_copy(filter, &p->topics[i].filter);
-        struct retain_ctx ctx = { c->session, rcs[i] };
+        struct retain_ctx ctx = {c->session, rcs[i]};
         topic_retain_match(c->b->topics, filter, send_retained, &ctx);
     }
     rc = 0;

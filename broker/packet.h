@@ -50,12 +50,12 @@ enum mqtt_connack_rc {
 /* Decoder results. */
 enum packet_err {
     PKT_OK = 0,
-    PKT_NEED_MORE = 1,        /* mqtt_fixed_header(): not enough bytes yet */
-    PKT_ERR_MALFORMED = -1,   /* close the connection [MQTT-4.8.0-1] */
-    PKT_ERR_PROTOCOL = -2,    /* CONNECT with a known protocol name but an
-                                 unsupported level: answer CONNACK 0x01, close
-                                 [MQTT-3.1.2-2]; out->connect.protocol_level
-                                 holds what the client sent */
+    PKT_NEED_MORE = 1,      /* mqtt_fixed_header(): not enough bytes yet */
+    PKT_ERR_MALFORMED = -1, /* close the connection [MQTT-4.8.0-1] */
+    PKT_ERR_PROTOCOL = -2,  /* CONNECT with a known protocol name but an
+                               unsupported level: answer CONNACK 0x01, close
+                               [MQTT-3.1.2-2]; out->connect.protocol_level
+                               holds what the client sent */
 };
 
 /* A length-delimited view into the input buffer. */

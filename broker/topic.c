@@ -159,7 +159,7 @@ struct topic_node {
     struct topic_node *parent; /* NULL for a root */
     struct topic_node *plus;   /* the "+" child */
     struct topic_node *hash;   /* the "#" child; never descended into */
-    struct table kids;         /* struct topic_node * slots: exact levels */
+    struct table kids;         /* struct kid_slot slots: exact levels */
     struct table subs;         /* struct topic_sub slots */
     struct message *retained;  /* retained trie only; holds one reference */
     uint32_t level_hash;       /* keyed hash of level, for the parent's table */
@@ -175,15 +175,21 @@ struct topic_tree {
     uint64_t key[2]; /* SipHash key for level hashes */
 };
 
+/* A child slot keeps the level hash next to the pointer so that probing a
+ * hashed table touches only the table, not every node it passes. */
+struct kid_slot {
+    struct topic_node *node;
+    uint32_t hash;
+};
 static bool kid_used(const void *slot)
 {
-    return *(struct topic_node *const *)slot != NULL;
+    return ((const struct kid_slot *)slot)->node != NULL;
 }
 static uint32_t kid_hash(const void *slot)
 {
-    return (*(struct topic_node *const *)slot)->level_hash;
+    return ((const struct kid_slot *)slot)->hash;
 }
-static const struct table_type kid_type = {sizeof(struct topic_node *), kid_used, kid_hash};
+static const struct table_type kid_type = {sizeof(struct kid_slot), kid_used, kid_hash};
 
 static uint32_t ptr_hash(const void *p)
 {
@@ -252,6 +258,24 @@ static uint32_t level_hash(const struct topic_tree *t, const char *lvl, size_t l
     return (uint32_t)siphash13(t->key, lvl, len);
 }
 
+/* Levels of a string [s, e), e at its NUL: a level starts at p and runs to the
+ * next '/' or to e. The level after the last one starts at e + 1 (the string
+ * is exhausted), one past the NUL, which is never dereferenced. */
+static const char *level_end(const char *p, const char *e)
+{
+    const char *slash = memchr(p, '/', (size_t)(e - p));
+    return slash ? slash : e;
+}
+
+/* Start of the level before the one starting at p (p > s). */
+static const char *level_prev(const char *s, const char *p)
+{
+    const char *q = p - 1; /* the '/' or NUL that ended the previous level */
+    while (q > s && q[-1] != '/')
+        q--;
+    return q;
+}
+
 static bool level_is(const char *lvl, size_t len, char c)
 {
     return len == 1 && lvl[0] == c;
@@ -289,28 +313,28 @@ static bool node_empty(const struct topic_node *n)
 static struct topic_node *kids_find(const struct topic_tree *t, const struct topic_node *n,
                                     const char *lvl, size_t len)
 {
-    struct topic_node *const *slots = n->kids.slots;
+    const struct kid_slot *slots = n->kids.slots;
     if (table_small(&n->kids)) {
         for (uint32_t i = 0; i < n->kids.n; i++)
-            if (slots[i]->len == len && memcmp(slots[i]->level, lvl, len) == 0)
-                return slots[i];
+            if (slots[i].node->len == len && memcmp(slots[i].node->level, lvl, len) == 0)
+                return slots[i].node;
         return NULL;
     }
     uint32_t h = level_hash(t, lvl, len), mask = n->kids.cap - 1;
-    for (uint32_t i = h & mask; slots[i]; i = (i + 1) & mask)
-        if (slots[i]->level_hash == h && slots[i]->len == len &&
-            memcmp(slots[i]->level, lvl, len) == 0)
-            return slots[i];
+    for (uint32_t i = h & mask; slots[i].node; i = (i + 1) & mask)
+        if (slots[i].hash == h && slots[i].node->len == len &&
+            memcmp(slots[i].node->level, lvl, len) == 0)
+            return slots[i].node;
     return NULL;
 }
 
 /* Slot of kid in n->kids; kid must be there. */
 static uint32_t kids_index_of(const struct topic_node *n, const struct topic_node *kid)
 {
-    struct topic_node *const *slots = n->kids.slots;
+    const struct kid_slot *slots = n->kids.slots;
     uint32_t mask = n->kids.cap - 1;
     uint32_t i = table_small(&n->kids) ? 0 : kid->level_hash & mask;
-    while (slots[i] != kid)
+    while (slots[i].node != kid)
         i = (i + 1) & mask;
     return i;
 }
@@ -350,7 +374,7 @@ static struct topic_node *node_child(const struct topic_tree *t, struct topic_no
         return kid;
     kid = node_new(t, n, lvl, len);
     if (kid)
-        table_put(&n->kids, &kid_type, &kid);
+        table_put(&n->kids, &kid_type, &(struct kid_slot){kid, kid->level_hash});
     return kid;
 }
 
@@ -378,8 +402,7 @@ static struct topic_node *node_walk(const struct topic_tree *t, struct topic_nod
     const char *e = s + len, *p = s;
     struct topic_node *n = root;
     for (;;) {
-        const char *end = memchr(p, '/', (size_t)(e - p));
-        end = end ? end : e;
+        const char *end = level_end(p, e);
         struct topic_node *c = node_child(t, n, p, (size_t)(end - p), create);
         if (!c) {
             if (create)
@@ -405,9 +428,9 @@ static struct topic_node *node_take_child(struct topic_node *n)
             n->hash = NULL;
         return c;
     }
-    struct topic_node **slots = n->kids.slots;
+    const struct kid_slot *slots = n->kids.slots;
     while (n->kids.cap > 0)
-        if ((c = slots[--n->kids.cap]))
+        if ((c = slots[--n->kids.cap].node))
             return c;
     return NULL;
 }
@@ -496,12 +519,12 @@ struct topic_tree *topic_tree_new(void)
     if (!t)
         return NULL;
     if (getentropy(t->key, sizeof t->key) != 0) {
-        /* Unpredictable enough to spread keys; only flooding resistance
-         * degrades, never correctness. */
+        /* A weaker key only weakens resistance to collision flooding;
+         * correctness never depends on it. */
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         t->key[0] = (uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)t;
-        t->key[1] = (uint64_t)ts.tv_sec * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
+        t->key[1] = (uint64_t)ts.tv_sec * UINT64_C(0x9e3779b97f4a7c15) ^ (uint64_t)getpid();
     }
     t->subs_root = node_new(t, NULL, "", 0);
     t->retain_root = node_new(t, NULL, "", 0);
@@ -566,24 +589,6 @@ int topic_tree_unsubscribe(struct topic_tree *t, const char *filter, void *subsc
 }
 
 /* ---- matching a name against the subscriptions ------------------------------ */
-
-/* Levels of a string [s, e), e at its NUL: a level starts at p and runs to the
- * next '/' or to e. The level after the last one starts at e + 1 (the string
- * is exhausted), one past the NUL, which is never dereferenced. */
-static const char *level_end(const char *p, const char *e)
-{
-    const char *slash = memchr(p, '/', (size_t)(e - p));
-    return slash ? slash : e;
-}
-
-/* Start of the level before the one starting at p (p > s). */
-static const char *level_prev(const char *s, const char *p)
-{
-    const char *q = p - 1; /* the '/' or NUL that ended the previous level */
-    while (q > s && q[-1] != '/')
-        q--;
-    return q;
-}
 
 static void subs_report(const struct topic_node *n, topic_match_fn fn, void *ctx)
 {
@@ -685,11 +690,13 @@ int topic_retain_set(struct topic_tree *t, struct message *m)
 static const struct topic_node *wild_kid_from(const struct topic_tree *t,
                                               const struct topic_node *n, uint32_t i)
 {
-    struct topic_node *const *slots = n->kids.slots;
+    const struct kid_slot *slots = n->kids.slots;
     bool root = n == t->retain_root;
-    for (; i < n->kids.cap; i++)
-        if (slots[i] && !(root && slots[i]->len > 0 && slots[i]->level[0] == '$'))
-            return slots[i];
+    for (; i < n->kids.cap; i++) {
+        const struct topic_node *c = slots[i].node;
+        if (c && !(root && c->len > 0 && c->level[0] == '$'))
+            return c;
+    }
     return NULL;
 }
 

@@ -48,6 +48,7 @@ int topic_tree_unsubscribe(struct topic_tree *t, const char *filter, void *subsc
 
 /* Called once per matching (subscriber, filter) entry: a subscriber with
  * two overlapping filters is reported twice; the caller merges them. */
+/* fn must not modify the tree (matching reads the live tables). */
 typedef void (*topic_match_fn)(void *subscriber, uint8_t qos, void *ctx);
 void topic_tree_match(const struct topic_tree *t, const char *name, topic_match_fn fn, void *ctx);
 

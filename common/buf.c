@@ -35,11 +35,14 @@ int buf_append(struct buf *b, const void *data, size_t len)
     return 0;
 }
 
-int buf_append_u8(struct buf *b, uint8_t v) { return buf_append(b, &v, 1); }
+int buf_append_u8(struct buf *b, uint8_t v)
+{
+    return buf_append(b, &v, 1);
+}
 
 int buf_append_u16(struct buf *b, uint16_t v)
 {
-    uint8_t be[2] = { (uint8_t)(v >> 8), (uint8_t)(v & 0xff) };
+    uint8_t be[2] = {(uint8_t)(v >> 8), (uint8_t)(v & 0xff)};
     return buf_append(b, be, 2);
 }
 

@@ -20,7 +20,10 @@ int buf_append_u8(struct buf *b, uint8_t v);
 int buf_append_u16(struct buf *b, uint16_t v); /* big endian, as MQTT */
 /* Drop the first n bytes (what a partial write consumed). */
 void buf_consume(struct buf *b, size_t n);
-static inline void buf_reset(struct buf *b) { b->len = 0; }
+static inline void buf_reset(struct buf *b)
+{
+    b->len = 0;
+}
 /* Release the storage; the struct may be reused after it. Accepts NULL. */
 void buf_free(struct buf *b);
 

@@ -8,8 +8,14 @@
 
 static enum log_level threshold = LOG_INFO;
 
-void log_set_level(enum log_level level) { threshold = level; }
-enum log_level log_get_level(void) { return threshold; }
+void log_set_level(enum log_level level)
+{
+    threshold = level;
+}
+enum log_level log_get_level(void)
+{
+    return threshold;
+}
 
 int log_level_parse(const char *name, enum log_level *out)
 {
@@ -17,8 +23,8 @@ int log_level_parse(const char *name, enum log_level *out)
         const char *name;
         enum log_level level;
     } names[] = {
-        { "debug", LOG_DEBUG }, { "info", LOG_INFO },   { "notice", LOG_NOTICE },
-        { "warn", LOG_WARN },   { "warning", LOG_WARN }, { "error", LOG_ERROR },
+        {"debug", LOG_DEBUG}, {"info", LOG_INFO},    {"notice", LOG_NOTICE},
+        {"warn", LOG_WARN},   {"warning", LOG_WARN}, {"error", LOG_ERROR},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (strcasecmp(name, names[i].name) == 0) {
@@ -31,7 +37,7 @@ int log_level_parse(const char *name, enum log_level *out)
 
 void log_msg(enum log_level level, const char *fmt, ...)
 {
-    static const char *const tags[] = { "DEBUG", "INFO", "NOTICE", "WARN", "ERROR" };
+    static const char *const tags[] = {"DEBUG", "INFO", "NOTICE", "WARN", "ERROR"};
     if (level < threshold)
         return;
     struct timespec ts;
@@ -40,8 +46,8 @@ void log_msg(enum log_level level, const char *fmt, ...)
     gmtime_r(&ts.tv_sec, &tm);
     char line[2048];
     int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, tags[level]);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, tags[level]);
     va_list ap;
     va_start(ap, fmt);
     if (n > 0 && (size_t)n < sizeof line)

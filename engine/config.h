@@ -20,8 +20,8 @@
 #include "../common/log.h"
 
 struct instance_config {
-    char *source;        /* file name (or "<embedded>") for messages */
-    char *instance_id;   /* default "mqbridge" */
+    char *source;      /* file name (or "<embedded>") for messages */
+    char *instance_id; /* default "mqbridge" */
     enum log_level log_level;
     struct broker_config broker;
 };
@@ -29,8 +29,8 @@ struct instance_config {
 /* Parse YAML text. name is used in error messages ("file.yaml:3:5: ...").
  * On success fills *out (free with config_free) and returns 0; on failure
  * returns -1, writes the reason into err, and *out needs no freeing. */
-int config_load_string(const char *text, size_t len, const char *name,
-                       struct instance_config *out, char *err, size_t errlen);
+int config_load_string(const char *text, size_t len, const char *name, struct instance_config *out,
+                       char *err, size_t errlen);
 int config_load_file(const char *path, struct instance_config *out, char *err, size_t errlen);
 /* Accepts a zeroed or half-built config. */
 void config_free(struct instance_config *cfg);

@@ -38,18 +38,17 @@ struct daemon {
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: mqbridge [-c FILE] [options]\n"
-            "MQTT broker with a rules engine.\n\n"
-            "  -c, --config FILE     instance configuration (YAML); without it the\n"
-            "                        embedded quick-start configuration is used\n"
-            "      --check-config    validate the configuration and exit (0 valid, 1 not)\n"
-            "      --listen HOST:PORT  override the first listener (IPv6: [::1]:1883)\n"
-            "      --log-level LEVEL debug, info, notice, warn or error\n"
-            "  -V, --version         print the version and exit\n"
-            "  -h, --help            print this help and exit\n\n"
-            "Signals: SIGTERM/SIGINT stop gracefully, SIGUSR1 logs counters,\n"
-            "SIGHUP is reserved for reloading rule files.\n");
+    fprintf(out, "Usage: mqbridge [-c FILE] [options]\n"
+                 "MQTT broker with a rules engine.\n\n"
+                 "  -c, --config FILE     instance configuration (YAML); without it the\n"
+                 "                        embedded quick-start configuration is used\n"
+                 "      --check-config    validate the configuration and exit (0 valid, 1 not)\n"
+                 "      --listen HOST:PORT  override the first listener (IPv6: [::1]:1883)\n"
+                 "      --log-level LEVEL debug, info, notice, warn or error\n"
+                 "  -V, --version         print the version and exit\n"
+                 "  -h, --help            print this help and exit\n\n"
+                 "Signals: SIGTERM/SIGINT stop gracefully, SIGUSR1 logs counters,\n"
+                 "SIGHUP is reserved for reloading rule files.\n");
 }
 
 /* 0, 1 = exit 0 now (help/version), 2 = usage error */
@@ -57,13 +56,13 @@ static int parse_args(int argc, char **argv, struct options *o)
 {
     enum { OPT_CHECK = 256, OPT_LISTEN, OPT_LOG };
     static const struct option longopts[] = {
-        { "config", required_argument, NULL, 'c' },
-        { "check-config", no_argument, NULL, OPT_CHECK },
-        { "listen", required_argument, NULL, OPT_LISTEN },
-        { "log-level", required_argument, NULL, OPT_LOG },
-        { "version", no_argument, NULL, 'V' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", no_argument, NULL, OPT_CHECK},
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"log-level", required_argument, NULL, OPT_LOG},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
@@ -136,10 +135,9 @@ static int apply_listen(struct broker_config *bc, const char *arg, char *err, si
 static int load_config(const struct options *o, struct instance_config *cfg, char *err,
                        size_t errlen)
 {
-    int rc = o->config_path
-                 ? config_load_file(o->config_path, cfg, err, errlen)
-                 : config_load_string(mqb_quickstart_yaml, mqb_quickstart_yaml_len,
-                                      "<embedded quickstart.yaml>", cfg, err, errlen);
+    int rc = o->config_path ? config_load_file(o->config_path, cfg, err, errlen)
+                            : config_load_string(mqb_quickstart_yaml, mqb_quickstart_yaml_len,
+                                                 "<embedded quickstart.yaml>", cfg, err, errlen);
     if (rc < 0)
         return -1;
     if (o->listen && apply_listen(&cfg->broker, o->listen, err, errlen) < 0)
@@ -191,7 +189,7 @@ static void signal_watch(struct daemon *d, uv_signal_t *h, int signum)
 
 static int run(const struct instance_config *cfg)
 {
-    struct daemon d = { 0 };
+    struct daemon d = {0};
     char err[512];
     int rc = 1;
     uv_loop_init(&d.loop);
@@ -221,12 +219,12 @@ done:
 
 int main(int argc, char **argv)
 {
-    struct options o = { 0 };
+    struct options o = {0};
     int rc = parse_args(argc, argv, &o);
     if (rc)
         return rc == 1 ? 0 : 2;
     signal(SIGPIPE, SIG_IGN);
-    struct instance_config cfg = { 0 };
+    struct instance_config cfg = {0};
     char err[1024];
     if (load_config(&o, &cfg, err, sizeof err) < 0) {
         fprintf(stderr, "%s\n", err);

@@ -37,16 +37,16 @@ struct bench_opts {
     int publishers;
     int subscribers;
     int qos;
-    int size;      /* payload bytes, at least BENCH_HEADER_SIZE */
-    long count;    /* messages per publisher */
+    int size;   /* payload bytes, at least BENCH_HEADER_SIZE */
+    long count; /* messages per publisher */
     const char *topic;
     int timeout_s; /* connect phase, and the run from the first publish */
     int idle;      /* > 0: idle-connection mode with this many clients */
     int hold_s;    /* idle mode: hold this long; 0 = until stdin EOF */
     int threads;
-    int inflight;  /* QoS 1/2 window per publisher */
+    int inflight; /* QoS 1/2 window per publisher */
     int keepalive;
-    int drain_ms;  /* QoS 0: stop waiting after this long without progress */
+    int drain_ms;       /* QoS 0: stop waiting after this long without progress */
     const char *client; /* "raw" or "mosquitto" */
     enum bench_engine engine;
     bool json;
@@ -104,10 +104,10 @@ enum wire_type {
 };
 
 struct wire_packet {
-    int type;               /* enum wire_type or any other control packet type */
-    int qos;                /* PUBLISH */
-    uint16_t id;            /* packet identifier, where the packet has one */
-    uint8_t code;           /* CONNACK return code, first SUBACK return code */
+    int type;                     /* enum wire_type or any other control packet type */
+    int qos;                      /* PUBLISH */
+    uint16_t id;                  /* packet identifier, where the packet has one */
+    uint8_t code;                 /* CONNACK return code, first SUBACK return code */
     const unsigned char *payload; /* PUBLISH application message, points into the buffer */
     size_t payload_len;
 };
@@ -115,10 +115,10 @@ struct wire_packet {
 int wire_put_connect(struct bbuf *b, const char *client_id, int keepalive);
 int wire_put_subscribe(struct bbuf *b, uint16_t id, const char *filter, int qos);
 /* id is ignored at QoS 0 [MQTT-2.3.1-5]. */
-int wire_put_publish(struct bbuf *b, const char *topic, uint16_t id, int qos,
-                     const void *payload, size_t payload_len);
+int wire_put_publish(struct bbuf *b, const char *topic, uint16_t id, int qos, const void *payload,
+                     size_t payload_len);
 int wire_put_ack(struct bbuf *b, int type, uint16_t id); /* PUBACK, PUBREC, PUBREL, PUBCOMP */
-int wire_put_simple(struct bbuf *b, int type);          /* PINGREQ, DISCONNECT */
+int wire_put_simple(struct bbuf *b, int type);           /* PINGREQ, DISCONNECT */
 /* Decodes one packet from p[0..len). Returns its size, 0 if incomplete,
  * -1 if malformed. */
 long wire_parse(const unsigned char *p, size_t len, struct wire_packet *out);
@@ -156,9 +156,9 @@ struct client {
     struct worker *w;
     enum client_role role;
     enum client_state state;
-    int index;            /* publisher or subscriber number */
-    char id[48];          /* MQTT client identifier */
-    char *topic;          /* publish topic or subscription filter */
+    int index;              /* publisher or subscriber number */
+    char id[48];            /* MQTT client identifier */
+    char *topic;            /* publish topic or subscription filter */
     struct mosquitto *mosq; /* engine mosquitto */
     int fd;                 /* engine raw, -1 when closed */
     struct bbuf in, out;    /* engine raw */
@@ -183,8 +183,8 @@ struct worker {
     int id;
     struct client **clients; /* owned by the main thread */
     int nclients;
-    int next_connect;        /* clients[0..next_connect) have been started */
-    int pending;             /* connects waiting for CONNACK/SUBACK */
+    int next_connect; /* clients[0..next_connect) have been started */
+    int pending;      /* connects waiting for CONNACK/SUBACK */
     struct bench_stats st;
     uint64_t flushed_unique; /* share of st.unique already added to shared */
     const char *error;       /* first fatal error of this worker, static text */

@@ -59,13 +59,15 @@ static const struct opt_spec opt_specs[] = {
     {"topic", "PREFIX", OPT_STR, OFF(topic), 0, 0, "topic prefix (mqbench)"},
     {"timeout", "SEC", OPT_INT, OFF(timeout_s), 1, 86400, "give up after this long (60)"},
     {"inflight", "N", OPT_INT, OFF(inflight), 1, 65535, "QoS 1/2 window per publisher (100)"},
-    {"threads", "N", OPT_INT, OFF(threads), 1, 256, "worker threads (2)"},
+    {"threads", "N", OPT_INT, OFF(threads), 1, 256, "worker threads (1)"},
     {"keepalive", "SEC", OPT_INT, OFF(keepalive), 5, 65535, "MQTT keepalive (60)"},
     {"drain-ms", "MS", OPT_INT, OFF(drain_ms), 1, 600000,
      "QoS 0: stop waiting after this long without a delivery (1000)"},
     {"idle", "N", OPT_INT, OFF(idle), 1, 1000000, "open N idle connections and hold them"},
     {"hold", "SEC", OPT_INT, OFF(hold_s), 1, 86400,
      "idle: hold this long instead of until stdin EOF"},
+    {"client", "raw|mosquitto", OPT_STR, OFF(client), 0, 0,
+     "client engine: built-in (raw) or libmosquitto (raw)"},
     {"json", NULL, OPT_FLAG, OFF(json), 0, 0, "print one JSON line"},
     {"help", NULL, OPT_HELP, 0, 0, 0, "this text"},
 };
@@ -92,10 +94,11 @@ static void opts_defaults(struct bench_opts *o)
                              .count = 10000,
                              .topic = "mqbench",
                              .timeout_s = 60,
-                             .threads = 2,
+                             .threads = 1,
                              .inflight = 100,
                              .keepalive = 60,
-                             .drain_ms = 1000};
+                             .drain_ms = 1000,
+                             .client = "raw"};
 }
 
 static int opts_number(const struct opt_spec *s, const char *text, long *out, char *err,
@@ -178,6 +181,14 @@ static int opts_parse(int argc, char **argv, struct bench_opts *o, char *err, si
     }
     if (optind < argc) {
         snprintf(err, errlen, "unexpected argument '%s'", argv[optind]);
+        return -1;
+    }
+    if (strcmp(o->client, "raw") == 0) {
+        o->engine = ENGINE_RAW;
+    } else if (strcmp(o->client, "mosquitto") == 0) {
+        o->engine = ENGINE_MOSQ;
+    } else {
+        snprintf(err, errlen, "--client: '%s' is neither raw nor mosquitto", o->client);
         return -1;
     }
     if (!o->idle && o->publishers == 0) {

@@ -4,6 +4,7 @@
  * them. */
 #include <errno.h>
 #include <inttypes.h>
+#include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,9 @@ struct bench {
     int nclients;
     struct worker *workers;
     int nworkers;
-    int started; /* worker threads running */
+    int started;                  /* worker threads running */
+    struct sockaddr_storage addr; /* broker, resolved once */
+    socklen_t addrlen;
 };
 
 struct bench_result {
@@ -34,11 +37,13 @@ struct bench_result {
     const char *error; /* first worker error, static text */
 };
 
-/* Each client holds its socket plus libmosquitto's wake-up socket pair. */
-static int bench_raise_nofile(int nclients, char *err, size_t errlen)
+/* A raw client holds one socket; a libmosquitto client also holds the
+ * library's wake-up socket pair. */
+static int bench_raise_nofile(const struct bench *b, char *err, size_t errlen)
 {
     struct rlimit rl;
-    rlim_t need = (rlim_t)nclients * 3 + 64;
+    int nclients = b->nclients;
+    rlim_t need = (rlim_t)nclients * (b->o.engine == ENGINE_MOSQ ? 3 : 1) + 64;
 
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= need)
         return 0;
@@ -50,8 +55,9 @@ static int bench_raise_nofile(int nclients, char *err, size_t errlen)
     rl.rlim_cur = rl.rlim_max < need ? rl.rlim_max : need;
     setrlimit(RLIMIT_NOFILE, &rl);
     if (rl.rlim_cur < need) {
-        snprintf(err, errlen, "%d clients need %lu file descriptors, the limit is %lu", nclients,
-                 (unsigned long)need, (unsigned long)rl.rlim_cur);
+        snprintf(err, errlen, "%d clients need %lu file descriptors, the limit is %lu%s", nclients,
+                 (unsigned long)need, (unsigned long)rl.rlim_cur,
+                 b->o.engine == ENGINE_MOSQ ? " (--client raw needs a third)" : "");
         return -1;
     }
     return 0;
@@ -107,11 +113,38 @@ nomem:
     return -1;
 }
 
+static int bench_resolve(struct bench *b, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    char port[16];
+
+    snprintf(port, sizeof port, "%d", b->o.port);
+    int rc = getaddrinfo(b->o.host, port, &hints, &res);
+    if (rc != 0 || !res || res->ai_addrlen > sizeof b->addr) {
+        snprintf(err, errlen, "cannot resolve %s: %s", b->o.host,
+                 rc ? gai_strerror(rc) : "no address");
+        if (res)
+            freeaddrinfo(res);
+        return -1;
+    }
+    memcpy(&b->addr, res->ai_addr, res->ai_addrlen);
+    b->addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
 static int bench_start(struct bench *b, char *err, size_t errlen)
 {
+    void *(*run)(void *) = b->o.engine == ENGINE_MOSQ ? engine_mosq_run : engine_raw_run;
+
+    if (bench_resolve(b, err, errlen) < 0)
+        return -1;
     atomic_store(&b->shared.phase, PHASE_CONNECT);
     for (int i = 0; i < b->nworkers; i++) {
-        if (pthread_create(&b->workers[i].thread, NULL, worker_run, &b->workers[i]) != 0) {
+        b->workers[i].addr = (const struct sockaddr *)&b->addr;
+        b->workers[i].addrlen = b->addrlen;
+        if (pthread_create(&b->workers[i].thread, NULL, run, &b->workers[i]) != 0) {
             snprintf(err, errlen, "cannot start worker thread");
             return -1;
         }
@@ -338,7 +371,7 @@ int bench_run(const struct bench_opts *opts)
     r.expected = (uint64_t)opts->publishers * (uint64_t)opts->count * (uint64_t)opts->subscribers;
     if (bench_create(&b, err, sizeof err) < 0)
         goto fail;
-    if (bench_raise_nofile(b.nclients, err, sizeof err) < 0)
+    if (bench_raise_nofile(&b, err, sizeof err) < 0)
         goto fail;
     if (bench_start(&b, err, sizeof err) < 0 || bench_wait_ready(&b, err, sizeof err) < 0)
         goto fail;

@@ -114,8 +114,8 @@ int wire_put_subscribe(struct bbuf *b, uint16_t id, const char *filter, int qos)
     return 0;
 }
 
-int wire_put_publish(struct bbuf *b, const char *topic, uint16_t id, int qos,
-                     const void *payload, size_t payload_len)
+int wire_put_publish(struct bbuf *b, const char *topic, uint16_t id, int qos, const void *payload,
+                     size_t payload_len)
 {
     size_t n = strlen(topic);
     size_t remaining = 2 + n + (qos ? 2 : 0) + payload_len;

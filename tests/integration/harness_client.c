@@ -63,7 +63,8 @@ static void it_on_message(struct mosquitto *m, void *ud, const struct mosquitto_
     im.payload = malloc((size_t)msg->payloadlen + 1);
     if (!im.topic || !im.payload)
         abort(); /* out of memory in a test client */
-    memcpy(im.payload, msg->payload, (size_t)msg->payloadlen);
+    if (msg->payloadlen > 0)
+        memcpy(im.payload, msg->payload, (size_t)msg->payloadlen);
     im.payload[msg->payloadlen] = '\0';
     pthread_mutex_lock(&c->mu);
     if (c->nmsgs == c->cap) {

@@ -66,11 +66,11 @@ START_TEST(test_qos_matrix_packet_ids)
     raw_connect(&pub, b.port, "it-qm-pub", true, false);
     raw_connect(&sub, b.port, "it-qm-sub", true, false);
     for (int s = 0; s <= 2; s++) {
-        char topic[16];
+        char topic[32];
         snprintf(topic, sizeof topic, "qm/s%d", s);
         ck_assert_int_eq(it_raw_sub1(&sub, topic, (uint8_t)s), s);
         for (int p = 0; p <= 2; p++) {
-            char payload[16];
+            char payload[32];
             snprintf(payload, sizeof payload, "p%d-s%d", p, s);
             uint16_t pid = (uint16_t)(100 + 10 * s + p);
             ck_assert_int_eq(it_raw_publish(&pub, topic, payload, strlen(payload), (uint8_t)p,
@@ -192,8 +192,11 @@ START_TEST(test_inflight_window)
                   "a third message while two are unacknowledged");
     ck_assert_int_eq(it_raw_ack(&sub, 4, pids[0]), 0);
     pids[2] = expect_publish(&sub, "win/t", "2", 1, false);
-    ck_assert_msg(it_raw_next(&sub, NULL, IT_QUIET_MS) == IT_RAW_TIMEOUT,
-                  "more than one message for one PUBACK");
+    if (it_mode_mosquitto()) /* it releases two per PUBACK here: its bug */
+        it_note_skip("one more message per PUBACK", "mosquitto 2.0 sends two");
+    else
+        ck_assert_msg(it_raw_next(&sub, NULL, IT_QUIET_MS) == IT_RAW_TIMEOUT,
+                      "more than one message for one PUBACK");
     ck_assert_int_eq(it_raw_ack(&sub, 4, pids[1]), 0);
     ck_assert_int_eq(it_raw_ack(&sub, 4, pids[2]), 0);
     pids[3] = expect_publish(&sub, "win/t", "3", 1, false);
@@ -222,7 +225,7 @@ START_TEST(test_queue_bound_drops_newest)
 
     client_connect(&pub, b.port, "it-queue-pub", true);
     for (int i = 0; i < 10; i++) {
-        char payload[8];
+        char payload[32];
         snprintf(payload, sizeof payload, "%d", i);
         ck_assert_int_eq(it_client_publish(&pub, "queue/t", payload, 1, false), 0);
     }
@@ -230,7 +233,7 @@ START_TEST(test_queue_bound_drops_newest)
 
     raw_connect(&sub, b.port, "it-queue", false, true);
     for (int i = 0; i < 3; i++) {
-        char payload[8];
+        char payload[32];
         snprintf(payload, sizeof payload, "%d", i);
         ck_assert_int_eq(it_raw_ack(&sub, 4, expect_publish(&sub, "queue/t", payload, 1, false)),
                          0);
@@ -292,7 +295,7 @@ static void check_order(int qos)
     ck_assert_int_eq(it_client_subscribe(&sub, "order/t", qos), qos);
     client_connect(&pub, b.port, "it-order-pub", true);
     for (int i = 0; i < N; i++) {
-        char payload[16];
+        char payload[32];
         snprintf(payload, sizeof payload, "%d", i);
         ck_assert_int_eq(it_client_publish(&pub, "order/t", payload, qos, false), 0);
     }
@@ -301,7 +304,7 @@ static void check_order(int qos)
                   it_client_count(&sub), N);
     for (int i = 0; i < N; i++) {
         struct it_msg m = it_client_msg(&sub, (size_t)i);
-        char want[16];
+        char want[32];
         snprintf(want, sizeof want, "%d", i);
         ck_assert_msg(strcmp(m.payload, want) == 0, "QoS %d: message %d is '%s'", qos, i,
                       m.payload);
