@@ -14,25 +14,42 @@
 #include "../common/log.h"
 #include "broker_internal.h"
 
-static char *dup_or_null(const char *s)
+
+static int strings_copy(char ***dst, unsigned *dst_count, char *const *src, unsigned count)
 {
-    return s ? strdup(s) : NULL;
+    if (!count)
+        return 0;
+    *dst = calloc(count, sizeof **dst);
+    if (!*dst)
+        return -1;
+    for (unsigned i = 0; i < count; i++) {
+        (*dst)[i] = strdup(src[i]);
+        if (!(*dst)[i])
+            return -1;
+        (*dst_count)++;
+    }
+    return 0;
 }
 
+/* Deep copy; on failure dst is half built and broker_config_free cleans it. */
 static int config_copy(struct broker_config *dst, const struct broker_config *src)
 {
     *dst = *src;
-    dst->storage_dir = NULL;
-    for (unsigned i = 0; i < src->listener_count; i++)
+    for (unsigned i = 0; i < BROKER_MAX_LISTENERS; i++)
         dst->listeners[i].host = NULL;
-    dst->storage_dir = dup_or_null(src->storage_dir);
-    if (src->storage_dir && !dst->storage_dir)
+    dst->storage_dir = NULL;
+    dst->naming.parent_topics = dst->naming.groups = NULL;
+    dst->naming.parent_topic_count = dst->naming.group_count = 0;
+    if (src->storage_dir && !(dst->storage_dir = strdup(src->storage_dir)))
         return -1;
-    for (unsigned i = 0; i < src->listener_count; i++) {
-        dst->listeners[i].host = dup_or_null(src->listeners[i].host);
-        if (!dst->listeners[i].host)
+    for (unsigned i = 0; i < src->listener_count; i++)
+        if (!(dst->listeners[i].host = strdup(src->listeners[i].host)))
             return -1;
-    }
+    if (strings_copy(&dst->naming.parent_topics, &dst->naming.parent_topic_count,
+                     src->naming.parent_topics, src->naming.parent_topic_count) < 0 ||
+        strings_copy(&dst->naming.groups, &dst->naming.group_count, src->naming.groups,
+                     src->naming.group_count) < 0)
+        return -1;
     return 0;
 }
 

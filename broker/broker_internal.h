@@ -88,6 +88,13 @@ struct broker {
     uint64_t id_last_ms;
     uint32_t id_seq;
 
+    /* Offline messages: every QoS 1/2 entry of a persistent session, oldest
+     * first, for expiry and the instance-wide bound. */
+    struct out_msg *stored_head, *stored_tail;
+    uint64_t stored_count;
+    /* Wildcard subscriptions per declared parent topic (managed naming). */
+    uint32_t *wildcards_per_parent;
+
     struct broker_stats stats;
     uint8_t rbuf[65536]; /* shared read buffer: one read at a time */
 };
@@ -124,5 +131,10 @@ int broker_load_store(struct broker *b, char *err, size_t errlen);
 struct session *broker_session_create(struct broker *b, const char *client_id, bool clean);
 /* Remove a session: unsubscribe everything, drop its store rows, free. */
 void broker_session_destroy(struct broker *b, struct session *s);
+/* Expire offline messages older than the TTL and evict the oldest past the
+ * instance-wide bound. Cheap when nothing is due (list heads only). */
+void broker_offline_housekeeping(struct broker *b);
+/* After loading: order the offline list by message time. */
+void broker_offline_sort(struct broker *b);
 
 #endif

@@ -345,6 +345,7 @@ static void conn_write(struct conn *c)
 
 void broker_flush(struct broker *b)
 {
+    broker_offline_housekeeping(b);
     if (b->store && store_pending(b->store) && store_commit(b->store) < 0)
         log_error("store commit failed; acknowledgements are sent anyway");
     while (b->flush_head) {

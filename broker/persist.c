@@ -47,11 +47,48 @@ static struct store *session_store(struct broker *b, const struct session *s)
     return s->clean_session ? NULL : b->store;
 }
 
+/* The instance-wide list of offline messages (entries of persistent
+ * sessions), oldest first. */
+static void offline_append(struct broker *b, struct out_msg *om)
+{
+    om->gnext = NULL;
+    om->gprev = b->stored_tail;
+    if (b->stored_tail)
+        b->stored_tail->gnext = om;
+    else
+        b->stored_head = om;
+    b->stored_tail = om;
+    b->stored_count++;
+    b->stats.offline_messages = b->stored_count;
+}
+
+static void offline_unlink(struct broker *b, struct out_msg *om)
+{
+    if (!om->gprev && b->stored_head != om)
+        return; /* not in the list */
+    if (om->gprev)
+        om->gprev->gnext = om->gnext;
+    else
+        b->stored_head = om->gnext;
+    if (om->gnext)
+        om->gnext->gprev = om->gprev;
+    else
+        b->stored_tail = om->gprev;
+    om->gprev = om->gnext = NULL;
+    b->stored_count--;
+    b->stats.offline_messages = b->stored_count;
+}
+
 static void ops_stored(void *ctx, struct session *s, const struct out_msg *om)
 {
-    struct store *st = session_store(ctx, s);
-    if (st)
-        store_out_put(st, s->client_id, om->seq, om->msg, om->qos, om->packet_id, om->state,
+    struct broker *b = ctx;
+    if (s->clean_session)
+        return;
+    /* The session owns the entry; only our two list links change. */
+    offline_append(b, (struct out_msg *)om);
+    b->stats.offline_stored++;
+    if (b->store)
+        store_out_put(b->store, s->client_id, om->seq, om->msg, om->qos, om->packet_id, om->state,
                       om->retain);
 }
 
@@ -64,9 +101,69 @@ static void ops_updated(void *ctx, struct session *s, const struct out_msg *om)
 
 static void ops_removed(void *ctx, struct session *s, const struct out_msg *om)
 {
-    struct store *st = session_store(ctx, s);
-    if (st)
-        store_out_del(st, s->client_id, om->seq);
+    struct broker *b = ctx;
+    if (s->clean_session)
+        return;
+    offline_unlink(b, (struct out_msg *)om);
+    if (b->store)
+        store_out_del(b->store, s->client_id, om->seq);
+}
+
+static void offline_unlink_list(struct broker *b, const struct out_list *l)
+{
+    for (struct out_msg *om = l->head; om; om = om->next)
+        offline_unlink(b, om);
+}
+
+void broker_offline_housekeeping(struct broker *b)
+{
+    uint32_t max = b->cfg.limits.max_offline_messages;
+    while (max && b->stored_count > max) {
+        struct out_msg *om = b->stored_head;
+        log_info("offline messages over %u: evicting the oldest, for %s (%s)", max,
+                 om->session->client_id, om->msg->topic);
+        b->stats.offline_evicted++;
+        session_drop(om->session, om);
+    }
+    if (!b->cfg.limits.offline_message_ttl || !b->stored_head)
+        return;
+    uv_timeval64_t tv;
+    uv_gettimeofday(&tv);
+    int64_t cutoff = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000 -
+                     (int64_t)b->cfg.limits.offline_message_ttl * 1000;
+    while (b->stored_head && b->stored_head->msg->time_ms < cutoff) {
+        struct out_msg *om = b->stored_head;
+        log_info("offline message for %s on %s expired", om->session->client_id, om->msg->topic);
+        b->stats.offline_expired++;
+        session_drop(om->session, om);
+    }
+}
+
+static int by_time(const void *a, const void *b)
+{
+    const struct out_msg *x = *(const struct out_msg *const *)a;
+    const struct out_msg *y = *(const struct out_msg *const *)b;
+    if (x->msg->time_ms != y->msg->time_ms)
+        return x->msg->time_ms < y->msg->time_ms ? -1 : 1;
+    return x->msg->id < y->msg->id ? -1 : x->msg->id > y->msg->id;
+}
+
+void broker_offline_sort(struct broker *b)
+{
+    if (b->stored_count < 2)
+        return;
+    struct out_msg **v = malloc(b->stored_count * sizeof *v);
+    if (!v)
+        return; /* stays in load order: expiry is then only approximate */
+    size_t n = 0;
+    for (struct out_msg *om = b->stored_head; om; om = om->gnext)
+        v[n++] = om;
+    qsort(v, n, sizeof *v, by_time);
+    b->stored_head = b->stored_tail = NULL;
+    b->stored_count = 0;
+    for (size_t i = 0; i < n; i++)
+        offline_append(b, v[i]);
+    free(v);
 }
 
 const struct session_ops broker_session_ops = {
@@ -102,6 +199,10 @@ void broker_session_destroy(struct broker *b, struct session *s)
 {
     for (uint32_t i = 0; i < s->sub_count; i++)
         topic_tree_unsubscribe(b->topics, s->subs[i].filter, s);
+    if (!s->clean_session) {
+        offline_unlink_list(b, &s->inflight);
+        offline_unlink_list(b, &s->queue);
+    }
     hmap_del(&b->sessions, s->client_id);
     if (!s->clean_session && b->store)
         store_session_del(b->store, s->client_id);
@@ -137,9 +238,17 @@ static int load_sub(void *ctx, const char *client_id, const char *filter, uint8_
 static int load_out(void *ctx, const char *client_id, uint64_t seq, struct message *m, uint8_t qos,
                     uint16_t packet_id, uint8_t state, bool retain)
 {
-    struct session *s = loaded_session(ctx, client_id);
+    struct broker *b = ctx;
+    struct session *s = loaded_session(b, client_id);
     int rc = s ? session_restore_out(s, m, seq, qos, packet_id, state, retain) : 0;
     message_unref(m);
+    if (rc == 0 && s) {
+        /* the restored entry is the tail of one of the two lists */
+        struct out_msg *om = s->queue.tail && s->queue.tail->seq == seq ? s->queue.tail
+                                                                         : s->inflight.tail;
+        if (om && om->seq == seq && om->qos > 0)
+            offline_append(b, om);
+    }
     return rc;
 }
 
@@ -170,12 +279,8 @@ int broker_load_store(struct broker *b, char *err, size_t errlen)
         snprintf(err, errlen, "cannot load the store (see the log above)");
         return -1;
     }
-    uint64_t queued = 0;
-    for (size_t i = 0; i < b->sessions.nbuckets; i++)
-        for (struct hmap_entry *e = b->sessions.buckets[i]; e; e = e->next) {
-            struct session *s = e->value;
-            queued += s->queue.count + s->inflight.count;
-        }
+    broker_offline_sort(b);
+    uint64_t queued = b->stored_count;
     log_notice("store: %zu persistent sessions, %zu subscriptions, %zu retained, %llu queued "
                "messages loaded",
                b->sessions.count, topic_tree_count(b->topics), topic_retain_count(b->topics),

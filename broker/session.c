@@ -58,11 +58,13 @@ static void ops_removed(struct session *s, const struct out_msg *om)
 /* ---- out_msg and out_list ---- */
 
 /* Takes a reference on m. The entry starts OUT_QUEUED without a packet id. */
-static struct out_msg *out_msg_new(struct message *m, uint64_t seq, uint8_t qos, bool retain)
+static struct out_msg *out_msg_new(struct session *s, struct message *m, uint64_t seq, uint8_t qos,
+                                  bool retain)
 {
     struct out_msg *om = calloc(1, sizeof *om);
     if (!om)
         return NULL;
+    om->session = s;
     om->msg = message_ref(m);
     om->seq = seq;
     om->qos = qos;
@@ -194,6 +196,17 @@ static void session_finish(struct session *s, struct out_msg *om)
     session_pump(s);
 }
 
+void session_drop(struct session *s, struct out_msg *om)
+{
+    if (om->state == OUT_QUEUED) {
+        out_list_unlink(&s->queue, om);
+        ops_removed(s, om);
+        out_msg_free(om);
+        return;
+    }
+    session_finish(s, om);
+}
+
 /* ---- lifecycle ---- */
 
 struct session *session_new(const char *client_id, bool clean_session, uint16_t max_inflight,
@@ -256,7 +269,7 @@ int session_enqueue(struct session *s, struct message *m, uint8_t qos, bool reta
         s->dropped++;
         return 1;
     }
-    struct out_msg *om = out_msg_new(m, s->next_seq, qos, retain);
+    struct out_msg *om = out_msg_new(s, m, s->next_seq, qos, retain);
     if (!om)
         return -1;
     s->next_seq++;
@@ -343,7 +356,7 @@ int session_restore_out(struct session *s, struct message *m, uint64_t seq, uint
         return -1;
     if (qos > 2)
         qos = 2;
-    struct out_msg *om = out_msg_new(m, seq, qos, retain);
+    struct out_msg *om = out_msg_new(s, m, seq, qos, retain);
     if (!om)
         return -1;
     /* Restored entries are not limited by max_queued or max_inflight: they

@@ -35,8 +35,14 @@ enum out_state {
     OUT_WAIT_PUBCOMP = 3, /* QoS 2, PUBREL sent */
 };
 
+struct session;
+
 struct out_msg {
-    struct out_msg *prev, *next;
+    struct out_msg *prev, *next; /* in the session's inflight or queue list */
+    /* The broker's instance-wide list of stored entries, oldest first
+     * (persist.c); session.c never touches these two. */
+    struct out_msg *gprev, *gnext;
+    struct session *session; /* the session holding this entry */
     struct message *msg; /* one reference held */
     uint64_t seq;        /* increasing per session; the store's key */
     uint16_t packet_id;  /* 0 while OUT_QUEUED or for QoS 0 */
@@ -49,8 +55,6 @@ struct out_list {
     struct out_msg *head, *tail;
     uint32_t count;
 };
-
-struct session;
 
 struct session_ops {
     /* Write a PUBLISH for om; om->packet_id is set for QoS > 0. */
@@ -118,6 +122,11 @@ int session_enqueue(struct session *s, struct message *m, uint8_t qos, bool reta
 int session_on_puback(struct session *s, uint16_t packet_id);
 int session_on_pubrec(struct session *s, uint16_t packet_id);
 int session_on_pubcomp(struct session *s, uint16_t packet_id);
+
+/* Remove one entry (queued or inflight) for good: expiry or eviction by the
+ * broker. Calls ops->removed (QoS > 0), frees it, and refills the inflight
+ * window when a slot was freed. */
+void session_drop(struct session *s, struct out_msg *om);
 
 /* The client is connected again (or for the first time): resend the
  * inflight window (DUP / PUBREL) in order, then send queued messages while

@@ -10,12 +10,18 @@
  *   my.yaml:5:3: limits: unknown key 'max_inflite' (did you mean 'max_inflight'?)
  *   my.yaml:2:17: limits.max_inflight: expected an integer 1..65535, got 'abc'
  *   my.yaml:3:9: storage.sync: expected one of off, normal, full, got 'sometimes'
+ *   my.yaml:4:31: instance.parent_topics[1]: 'sensordata' duplicates
+ *       'SensorData' (parent topics are unique ignoring case)
  *
  * Integers are plain decimal scalars without sign, leading zeros or
  * separators ("1.5", "0x10", "+5", "010", "1_000" and quoted "20" are
  * rejected). An empty document gives every default. A section written with
  * no content ("limits:") counts as an empty mapping (or an empty listener
- * list). The document is walked with one small function per section. */
+ * list). The document is walked with one small function per section; rules
+ * that tie two sections together (instance.parent_topics against
+ * limits.max_parent_topics, in whatever order the sections come) are
+ * checked once the whole document is read, still naming the offending
+ * node's position. */
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -29,13 +35,17 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "../broker/naming.h"
 #include "../common/buf.h"
+#include "../common/hmap.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define CONFIG_MAX_FILE_SIZE (1024 * 1024)
 
 _Static_assert(sizeof(enum store_sync) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(enum naming_mode) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(enum duplicate_policy) == sizeof(int), "enums are stored as int");
 
 enum cfg_type {
     CFG_SECTION, /* a top-level section, parsed by the entry's own function */
@@ -45,6 +55,7 @@ enum cfg_type {
     CFG_UINT,    /* decimal integer min..max, stored in a field of `size` bytes */
     CFG_BOOL,    /* true/false/yes/no, stored in a bool */
     CFG_ENUM,    /* one of `names`, stored as int */
+    CFG_LIST,    /* sequence of strings checked by `list`, stored as char ** + count */
 };
 
 enum { CFG_REQUIRED = 1 }; /* must appear when its section is written */
@@ -52,6 +63,15 @@ enum { CFG_REQUIRED = 1 }; /* must appear when its section is written */
 struct cfg_name {
     const char *name;
     int value;
+};
+
+/* A CFG_LIST key: a YAML sequence of strings, stored as a heap array of
+ * heap strings (the key's field, a char **) beside an unsigned count. */
+struct cfg_list {
+    const char *item, *items; /* "parent topic", "parent topics": for messages */
+    bool (*valid)(const char *s, const char **why); /* the rule for one item */
+    bool ignore_case;    /* items are unique ignoring ASCII case, else exactly */
+    size_t count_offset; /* the unsigned count in the section's target struct */
 };
 
 struct cfg_ctx;
@@ -62,6 +82,7 @@ struct cfg_key {
     unsigned flags;
     uint64_t min, max;            /* CFG_UINT: value; CFG_STR, CFG_NAME: length */
     const struct cfg_name *names; /* CFG_ENUM, terminated by { NULL, 0 } */
+    const struct cfg_list *list;  /* CFG_LIST */
     size_t offset, size;          /* the field in the section's target struct */
     const char *def;              /* default as YAML text; NULL = none */
     const char *help;
@@ -80,6 +101,12 @@ struct cfg_key {
     .offset = offsetof(struct instance_config, m), .size = sizeof(((struct instance_config *)0)->m)
 #define LISTENER_FIELD(m) \
     .offset = offsetof(struct broker_listener, m), .size = sizeof(((struct broker_listener *)0)->m)
+/* A list key: CFG_LIST_KEY(name, list, field, help); the default is the
+ * empty list. */
+#define CFG_LIST_KEY(name_, list_, field_, help_) \
+    { \
+        .name = (name_), .type = CFG_LIST, .list = (list_), field_, .help = (help_) \
+    }
 
 static const struct cfg_name sync_names[] = {
     {"off", STORE_SYNC_OFF},
@@ -93,9 +120,46 @@ static const struct cfg_name log_level_names[] = {
     {"warn", LOG_WARN},   {"error", LOG_ERROR}, {NULL, 0},
 };
 
+static const struct cfg_name naming_mode_names[] = {
+    {"managed", NAMING_MANAGED},
+    {"mqtt", NAMING_MQTT},
+    {NULL, 0},
+};
+
+static const struct cfg_name duplicate_names[] = {
+    {"takeover", DUPLICATE_TAKEOVER},
+    {"reject", DUPLICATE_REJECT},
+    {NULL, 0},
+};
+
+static const struct cfg_list parent_topic_list = {
+    .item = "parent topic",
+    .items = "parent topics",
+    .valid = naming_parent_topic_valid,
+    .ignore_case = true,
+    .count_offset = offsetof(struct instance_config, broker.naming.parent_topic_count),
+};
+
+static const struct cfg_list group_list = {
+    .item = "group ID",
+    .items = "group IDs",
+    .valid = naming_group_id_valid,
+    .ignore_case = false,
+    .count_offset = offsetof(struct instance_config, broker.naming.group_count),
+};
+
 static const struct cfg_key instance_keys[] = {
     CFG_KEY("id", CFG_NAME, 0, 1, 64, NULL, INST_FIELD(instance_id), "mqbridge",
             "Name of this instance, used in logs."),
+    CFG_KEY("naming", CFG_ENUM, 0, 0, 0, naming_mode_names, INST_FIELD(broker.naming_mode),
+            "managed", "Which client IDs and topics are accepted (see below)."),
+    CFG_KEY("on_duplicate_client_id", CFG_ENUM, 0, 0, 0, duplicate_names,
+            INST_FIELD(broker.on_duplicate_client_id), "takeover",
+            "A connection with a client ID already connected: takeover closes the old connection "
+            "[MQTT-3.1.4-2]; reject refuses the new one (CONNACK 0x02, identifier rejected)."),
+    CFG_LIST_KEY("parent_topics", &parent_topic_list, INST_FIELD(broker.naming.parent_topics),
+                 "Declared parent topics: level 1 of every topic."),
+    CFG_LIST_KEY("groups", &group_list, INST_FIELD(broker.naming.groups), "Declared group IDs."),
 };
 
 static const struct cfg_key listener_keys[] = {
@@ -125,6 +189,39 @@ static const struct cfg_key limits_keys[] = {
             "Concurrent client connections; 0 = unlimited."),
     CFG_KEY("max_keepalive", CFG_UINT, 0, 0, 65535, NULL, INST_FIELD(broker.limits.max_keepalive),
             "0", "Upper bound on the client's keep-alive, seconds; 0 = accept the client's."),
+    CFG_KEY("max_message_size", CFG_UINT, 0, 1, 268435455, NULL,
+            INST_FIELD(broker.limits.max_message_size), "65536",
+            "Largest message payload, in bytes; a larger message is discarded (and counted)."),
+    CFG_KEY("max_subscriptions_per_client", CFG_UINT, 0, 1, 65535, NULL,
+            INST_FIELD(broker.limits.max_subscriptions_per_client), "30",
+            "Subscriptions one client may hold; a wildcard filter counts as one (A/# and A/a1/# "
+            "are two)."),
+    CFG_KEY("max_wildcard_subscriptions_per_parent", CFG_UINT, 0, 1, 65535, NULL,
+            INST_FIELD(broker.limits.max_wildcard_subscriptions_per_parent), "100",
+            "Wildcard subscriptions under one parent topic, across the instance; the next one is "
+            "refused."),
+    CFG_KEY("max_parent_topics", CFG_UINT, 0, 1, 1000, NULL,
+            INST_FIELD(broker.limits.max_parent_topics), "25",
+            "Parent topics instance.parent_topics may declare."),
+    CFG_KEY("offline_message_ttl", CFG_UINT, 0, 1, 315360000, NULL,
+            INST_FIELD(broker.limits.offline_message_ttl), "259200",
+            "Seconds an offline message (QoS 1, cleanSession=false) is kept before it expires; "
+            "259200 = 3 days, 315360000 = 10 years."),
+    CFG_KEY("max_offline_messages", CFG_UINT, 0, 1, 4294967295, NULL,
+            INST_FIELD(broker.limits.max_offline_messages), "1000000",
+            "Offline messages stored for the whole instance; past it the oldest are deleted (and "
+            "counted)."),
+    CFG_KEY("max_topic_length", CFG_UINT, 0, 1, 65535, NULL,
+            INST_FIELD(broker.naming.limits.max_topic_length), "64",
+            "Characters in a topic name or filter (naming: managed); a P2P target client ID is not "
+            "counted."),
+    CFG_KEY("max_topic_levels", CFG_UINT, 0, 1, 64, NULL,
+            INST_FIELD(broker.naming.limits.max_topic_levels), "3",
+            "Levels in a topic name or filter, the parent topic and a # included (naming: "
+            "managed)."),
+    CFG_KEY("max_client_id_length", CFG_UINT, 0, 1, 65535, NULL,
+            INST_FIELD(broker.naming.limits.max_client_id_length), "64",
+            "Characters in a client ID (naming: managed)."),
 };
 
 static const struct cfg_key log_keys[] = {
@@ -260,6 +357,9 @@ static const char *cfg_expect(const struct cfg_key *k, char *buf, size_t buflen)
         for (const struct cfg_name *e = k->names; e->name && n < buflen; e++)
             n += (size_t)snprintf(buf + n, buflen - n, "%s%s", e->name, e[1].name ? ", " : "");
         break;
+    case CFG_LIST:
+        snprintf(buf, buflen, "a sequence of %s", k->list->items);
+        break;
     case CFG_SECTION:
         snprintf(buf, buflen, "a mapping");
         break;
@@ -384,6 +484,7 @@ static int cfg_store(const struct cfg_key *k, const char *s, void *base)
     case CFG_NAME:
     case CFG_HOST:
         return cfg_store_string(k, s, dst);
+    case CFG_LIST: /* parsed from a sequence by cfg_parse_list */
     case CFG_SECTION:
         break;
     }
@@ -442,6 +543,139 @@ static int cfg_parse_value(struct cfg_ctx *c, const char *where, const struct cf
         return cfg_fail(c, n, "%s: expected %s, got %s", where, want,
                         cfg_describe(n, got, sizeof got));
     return 0;
+}
+
+/* ---- Lists of names ---------------------------------------------------- */
+
+static char ***cfg_list_items(const struct cfg_key *k, void *base)
+{
+    return (char ***)((char *)base + k->offset);
+}
+
+static unsigned *cfg_list_count(const struct cfg_key *k, void *base)
+{
+    return (unsigned *)((char *)base + k->list->count_offset);
+}
+
+/* Free a list's strings and array; leave it empty. */
+static void cfg_list_clear(const struct cfg_key *k, void *base)
+{
+    char ***items = cfg_list_items(k, base);
+    unsigned *count = cfg_list_count(k, base);
+    for (unsigned i = 0; i < *count; i++)
+        free((*items)[i]);
+    free(*items);
+    *items = NULL;
+    *count = 0;
+}
+
+/* One item: a scalar (plain or quoted, no NUL byte) that passes the
+ * list's rule. */
+static int cfg_check_list_item(struct cfg_ctx *c, const char *where, const struct cfg_list *l,
+                               const yaml_node_t *n)
+{
+    char got[96], q[48];
+    const char *why = NULL;
+    if (cfg_check_tag(c, where, n) < 0)
+        return -1;
+    if (n->type != YAML_SCALAR_NODE || cfg_is_null(n) ||
+        strlen((const char *)n->data.scalar.value) != n->data.scalar.length)
+        return cfg_fail(c, n, "%s: expected a %s, got %s", where, l->item,
+                        cfg_describe(n, got, sizeof got));
+    if (!l->valid((const char *)n->data.scalar.value, &why))
+        return cfg_fail(c, n, "%s: '%s': %s", where,
+                        cfg_quote(n->data.scalar.value, n->data.scalar.length, q, sizeof q),
+                        why ? why : "not allowed");
+    return 0;
+}
+
+/* Lower-case ASCII copy of s into dst (strlen(s) + 1 bytes). */
+static void cfg_fold_case(char *dst, const char *s)
+{
+    do
+        *dst++ = (*s >= 'A' && *s <= 'Z') ? (char)(*s - 'A' + 'a') : *s;
+    while (*s++);
+}
+
+/* The items of the sequence seq, already stored in items[0..n), must be
+ * unique (exactly, or ignoring case): report the first one equal to an
+ * earlier one, at its position. Linear, with a hash map of the keys. */
+static int cfg_check_list_unique(struct cfg_ctx *c, const char *where, const yaml_node_t *seq,
+                                 const struct cfg_list *l, char *const *items, size_t n)
+{
+    struct hmap seen = {0};
+    size_t total = 0;
+    char *keys = NULL, q1[48], q2[48];
+    int rc = -1;
+    for (size_t i = 0; i < n; i++)
+        total += strlen(items[i]) + 1;
+    if (!(keys = malloc(total ? total : 1))) {
+        cfg_fail(c, NULL, "out of memory");
+        goto done;
+    }
+    char *key = keys;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(items[i]);
+        if (l->ignore_case)
+            cfg_fold_case(key, items[i]);
+        else
+            memcpy(key, items[i], len + 1);
+        void *earlier = hmap_get(&seen, key);
+        if (earlier) {
+            size_t e = (size_t)(uintptr_t)earlier - 1;
+            cfg_fail(c, yaml_document_get_node(c->doc, seq->data.sequence.items.start[i]),
+                     "%s[%zu]: '%s' duplicates '%s' (%s are unique%s)", where, i,
+                     cfg_quote(items[i], len, q1, sizeof q1),
+                     cfg_quote(items[e], strlen(items[e]), q2, sizeof q2), l->items,
+                     l->ignore_case ? " ignoring case" : "");
+            goto done;
+        }
+        if (hmap_put(&seen, key, (void *)(uintptr_t)(i + 1)) < 0) {
+            cfg_fail(c, NULL, "out of memory");
+            goto done;
+        }
+        key += len + 1;
+    }
+    rc = 0;
+done:
+    hmap_free(&seen);
+    free(keys);
+    return rc;
+}
+
+/* A sequence of strings for list key k (null = the empty list), replacing
+ * the list in base. On failure the items stored so far stay in base, counted,
+ * for config_free. */
+static int cfg_parse_list(struct cfg_ctx *c, const char *where, const struct cfg_key *k,
+                          const yaml_node_t *node, void *base)
+{
+    const struct cfg_list *l = k->list;
+    char ***items = cfg_list_items(k, base), got[96], path[128];
+    unsigned *count = cfg_list_count(k, base);
+    size_t n = 0;
+    if (cfg_check_tag(c, where, node) < 0)
+        return -1;
+    if (node->type == YAML_SEQUENCE_NODE)
+        n = (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
+    else if (!cfg_is_null(node))
+        return cfg_fail(c, node, "%s: expected a sequence of %s, got %s", where, l->items,
+                        cfg_describe(node, got, sizeof got));
+    cfg_list_clear(k, base);
+    if (n == 0)
+        return 0;
+    if (!(*items = calloc(n, sizeof **items)))
+        return cfg_fail(c, node, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const yaml_node_t *item =
+            yaml_document_get_node(c->doc, node->data.sequence.items.start[i]);
+        snprintf(path, sizeof path, "%s[%zu]", where, i);
+        if (cfg_check_list_item(c, path, l, item) < 0)
+            return -1;
+        if (!((*items)[i] = strdup((const char *)item->data.scalar.value)))
+            return cfg_fail(c, item, "out of memory");
+        *count = (unsigned)i + 1;
+    }
+    return cfg_check_list_unique(c, where, node, l, *items, n);
 }
 
 /* Edit distance of two short strings, for "did you mean" hints. */
@@ -549,8 +783,10 @@ static int cfg_parse_mapping(struct cfg_ctx *c, const yaml_node_t *node, const c
         if (!k)
             return -1;
         snprintf(where, sizeof where, "%s%s%s", path, *path ? "." : "", k->name);
-        if (k->type == CFG_SECTION ? k->parse(c, value, base) < 0
-                                   : cfg_parse_value(c, where, k, value, base) < 0)
+        int rc = k->type == CFG_SECTION ? k->parse(c, value, base)
+                 : k->type == CFG_LIST  ? cfg_parse_list(c, where, k, value, base)
+                                        : cfg_parse_value(c, where, k, value, base);
+        if (rc < 0)
             return -1;
     }
     return cfg_check_required(c, path, node, keys, n, seen);
@@ -656,6 +892,62 @@ static int config_set_defaults(struct cfg_ctx *c, struct instance_config *cfg)
                               &cfg->broker.listeners[0]);
 }
 
+/* ---- Rules across sections -------------------------------------------- */
+
+/* The value of key name in a mapping node, or NULL (also for a NULL or
+ * non-mapping node). */
+static const yaml_node_t *cfg_find_value(struct cfg_ctx *c, const yaml_node_t *map,
+                                         const char *name)
+{
+    if (!map || map->type != YAML_MAPPING_NODE)
+        return NULL;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        const yaml_node_t *key = yaml_document_get_node(c->doc, p->key);
+        if (key->type == YAML_SCALAR_NODE && !strcmp((const char *)key->data.scalar.value, name))
+            return yaml_document_get_node(c->doc, p->value);
+    }
+    return NULL;
+}
+
+/* Item i of a sequence node, or NULL. */
+static const yaml_node_t *cfg_item(struct cfg_ctx *c, const yaml_node_t *seq, size_t i)
+{
+    if (!seq || seq->type != YAML_SEQUENCE_NODE ||
+        i >= (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start))
+        return NULL;
+    return yaml_document_get_node(c->doc, seq->data.sequence.items.start[i]);
+}
+
+/* instance.parent_topics against the limits section, which may come
+ * before or after it: at most limits.max_parent_topics of them, and each
+ * short enough to appear in a topic of limits.max_topic_length. */
+static int config_check_parent_topics(struct cfg_ctx *c, const yaml_node_t *root,
+                                      const struct instance_config *cfg)
+{
+    const struct broker_config *b = &cfg->broker;
+    const struct naming *n = &b->naming;
+    char q[48];
+    if (n->parent_topic_count == 0)
+        return 0;
+    const yaml_node_t *seq =
+        cfg_find_value(c, cfg_find_value(c, root, "instance"), "parent_topics");
+    if (n->parent_topic_count > b->limits.max_parent_topics)
+        return cfg_fail(c, seq,
+                        "instance.parent_topics: %u parent topics, limits.max_parent_topics is %u",
+                        n->parent_topic_count, (unsigned)b->limits.max_parent_topics);
+    for (unsigned i = 0; i < n->parent_topic_count; i++) {
+        size_t len = strlen(n->parent_topics[i]);
+        if (len > n->limits.max_topic_length)
+            return cfg_fail(c, cfg_item(c, seq, i),
+                            "instance.parent_topics[%u]: '%s' is %zu characters, longer than "
+                            "limits.max_topic_length (%u)",
+                            i, cfg_quote(n->parent_topics[i], len, q, sizeof q), len,
+                            (unsigned)n->limits.max_topic_length);
+    }
+    return 0;
+}
+
 /* ---- Entry points ------------------------------------------------------ */
 
 /* Report a libyaml error with its own problem text and position. */
@@ -727,6 +1019,8 @@ int config_load_string(const char *text, size_t len, const char *name, struct in
         goto done;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     if (root && cfg_parse_mapping(&c, root, "", root_keys, ARRAY_LEN(root_keys), out) < 0)
+        goto done;
+    if (root && config_check_parent_topics(&c, root, out) < 0)
         goto done;
     if (root && cfg_check_single_document(&c, &parser, text, len) < 0)
         goto done;

@@ -47,6 +47,7 @@ struct bench_opts {
     int inflight; /* QoS 1/2 window per publisher */
     int keepalive;
     int drain_ms;       /* QoS 0: stop waiting after this long without progress */
+    long backlog;       /* QoS 1/2 publishers pause while a subscriber lags more; 0 = off */
     const char *client; /* "raw" or "mosquitto" */
     enum bench_engine engine;
     bool json;
@@ -148,6 +149,7 @@ struct bench_shared {
     atomic_int failed;    /* clients that could not connect or lost the connection */
     atomic_int pubs_done; /* publishers with every message written/acknowledged */
     atomic_ullong unique; /* sum of the workers' unique deliveries */
+    atomic_ullong published;
 };
 
 struct worker;
@@ -187,7 +189,8 @@ struct worker {
     int pending;      /* connects waiting for CONNACK/SUBACK */
     struct bench_stats st;
     uint64_t flushed_unique; /* share of st.unique already added to shared */
-    const char *error;       /* first fatal error of this worker, static text */
+    uint64_t flushed_published;
+    const char *error; /* first fatal error of this worker, static text */
     pthread_t thread;
 };
 
@@ -197,7 +200,9 @@ struct client *client_create(const struct bench_opts *o, enum client_role role, 
 void client_destroy(struct client *c);
 
 /* Engine-independent steps of a client's life (client.c). */
-void client_fail(struct client *c, const char *why); /* once; the run then stops */
+/* Marks c failed (once; the run then stops). why is static text, errnum an
+ * errno value or 0. */
+void client_fail(struct client *c, const char *why, int errnum);
 void client_set_ready(struct client *c);
 void client_check_done(struct client *c); /* publisher: all written/acked? */
 /* Checks and records one delivery to subscriber c. */
@@ -205,8 +210,14 @@ void client_record_delivery(struct client *c, const void *payload, size_t len, i
 /* Stamps the next message of publisher c into c->payload, counts it as
  * published. */
 void client_stamp_next(struct client *c);
-/* Adds this worker's new deliveries to the shared counter. */
+/* Adds this worker's new deliveries and publishes to the shared counters. */
 void worker_flush(struct worker *w);
+/* QoS 1/2: true while the messages published but not yet delivered exceed
+ * opts->backlog per subscriber: publishers then wait, so that a broker that
+ * acknowledges faster than it delivers is measured at the rate it can
+ * sustain instead of overflowing its queue (and dropping) per its
+ * max_queued limit. */
+bool worker_backlog_full(const struct worker *w);
 
 /* Thread bodies: connect the worker's clients, publish and receive in
  * PHASE_RUN, disconnect everything once shared->phase is PHASE_STOP. */

@@ -89,7 +89,7 @@ void client_destroy(struct client *c)
     free(c);
 }
 
-void client_fail(struct client *c, const char *why)
+void client_fail(struct client *c, const char *why, int errnum)
 {
     struct worker *w = c->w;
     if (c->state == CL_DEAD)
@@ -100,7 +100,8 @@ void client_fail(struct client *c, const char *why)
     if (!w->error)
         w->error = why;
     if (atomic_fetch_add(&w->shared->failed, 1) < 5)
-        fprintf(stderr, "mqbench: client %s: %s\n", c->id, why);
+        fprintf(stderr, "mqbench: client %s: %s%s%s%s\n", c->id, why, errnum ? " (" : "",
+                errnum ? strerror(errnum) : "", errnum ? ")" : "");
 }
 
 void client_set_ready(struct client *c)
@@ -164,8 +165,30 @@ void client_record_delivery(struct client *c, const void *payload, size_t len, i
     w->st.last_recv_ns = now;
 }
 
+bool worker_backlog_full(const struct worker *w)
+{
+    const struct bench_opts *o = w->opts;
+    /* QoS 0 may lose messages by design: lost ones would never be delivered
+     * and would stall the publishers for good */
+    if (o->backlog == 0 || o->subscribers == 0 || o->qos == 0)
+        return false;
+    uint64_t subs = (uint64_t)o->subscribers;
+    uint64_t published = atomic_load_explicit(&w->shared->published, memory_order_relaxed) +
+                         (w->st.published - w->flushed_published);
+    uint64_t delivered = atomic_load_explicit(&w->shared->unique, memory_order_relaxed) +
+                         (w->st.unique - w->flushed_unique);
+    /* another worker may count a delivery before its publisher is flushed */
+    if (delivered >= published * subs)
+        return false;
+    return published * subs - delivered > (uint64_t)o->backlog * subs;
+}
+
 void worker_flush(struct worker *w)
 {
+    if (w->st.published != w->flushed_published) {
+        atomic_fetch_add(&w->shared->published, w->st.published - w->flushed_published);
+        w->flushed_published = w->st.published;
+    }
     if (w->st.unique != w->flushed_unique) {
         atomic_fetch_add(&w->shared->unique, w->st.unique - w->flushed_unique);
         w->flushed_unique = w->st.unique;

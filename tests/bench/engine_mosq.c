@@ -30,7 +30,7 @@ static void on_connect(struct mosquitto *m, void *obj, int rc)
     struct client *c = obj;
     const struct bench_opts *o = c->w->opts;
     if (rc != 0) {
-        client_fail(c, "connection refused by the broker (CONNACK)");
+        client_fail(c, "connection refused by the broker (CONNACK)", 0);
         return;
     }
     if (c->role != ROLE_SUB) {
@@ -39,7 +39,7 @@ static void on_connect(struct mosquitto *m, void *obj, int rc)
     }
     c->state = CL_SUBSCRIBING;
     if (mosquitto_subscribe(m, NULL, c->topic, o->qos) != MOSQ_ERR_SUCCESS)
-        client_fail(c, "SUBSCRIBE could not be sent");
+        client_fail(c, "SUBSCRIBE could not be sent", 0);
 }
 
 static void on_subscribe(struct mosquitto *m, void *obj, int mid, int count, const int *granted)
@@ -47,7 +47,7 @@ static void on_subscribe(struct mosquitto *m, void *obj, int mid, int count, con
     struct client *c = obj;
     /* 0x80 is the SUBACK failure return code [MQTT-3.9.3-2] */
     if (count < 1 || granted[0] == 0x80)
-        client_fail(c, "subscription refused (SUBACK 0x80)");
+        client_fail(c, "subscription refused (SUBACK 0x80)", 0);
     else
         client_set_ready(c);
 }
@@ -56,7 +56,7 @@ static void on_disconnect(struct mosquitto *m, void *obj, int rc)
 {
     struct client *c = obj;
     if (atomic_load(&c->w->shared->phase) != PHASE_STOP)
-        client_fail(c, "connection lost");
+        client_fail(c, "connection lost", 0);
 }
 
 /* QoS 0: the packet has been written to the socket. QoS 1/2: PUBACK or
@@ -108,10 +108,7 @@ static void worker_connect_more(struct worker *w)
         struct client *c = w->clients[w->next_connect++];
         int rc = mosquitto_connect(c->mosq, o->host, o->port, o->keepalive);
         if (rc != MOSQ_ERR_SUCCESS) {
-            if (!w->error)
-                fprintf(stderr, "mqbench: connect %s:%d: %s\n", o->host, o->port,
-                        rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
-            client_fail(c, "TCP connect failed");
+            client_fail(c, "cannot connect to the broker", rc == MOSQ_ERR_ERRNO ? errno : 0);
             continue;
         }
         c->state = CL_CONNECTING;
@@ -125,7 +122,7 @@ static int client_publish_one(struct worker *w, struct client *c)
     client_stamp_next(c);
     int rc = mosquitto_publish(c->mosq, NULL, c->topic, o->size, c->payload, o->qos, false);
     if (rc != MOSQ_ERR_SUCCESS) {
-        client_fail(c, "publish failed");
+        client_fail(c, "publish failed", 0);
         return -1;
     }
     return 0;
@@ -140,6 +137,8 @@ static bool client_publish_some(struct worker *w, struct client *c)
             return false;
         if (o->qos == 0 ? mosquitto_want_write(c->mosq)
                         : c->next_seq - c->completed >= (uint64_t)o->inflight)
+            return false;
+        if (worker_backlog_full(w))
             return false;
         if (client_publish_one(w, c) < 0)
             return false;
@@ -184,7 +183,7 @@ static void client_read(struct client *c)
         errno = 0;
         int rc = mosquitto_loop_read(c->mosq, 1);
         if (rc != MOSQ_ERR_SUCCESS) {
-            client_fail(c, "read failed");
+            client_fail(c, "read failed", 0);
             return;
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK || mosquitto_socket(c->mosq) < 0)
@@ -198,7 +197,7 @@ static void client_service(struct client *c, short revents)
         client_read(c);
     if ((revents & POLLOUT) && c->state != CL_DEAD && mosquitto_socket(c->mosq) >= 0) {
         if (mosquitto_loop_write(c->mosq, 1) != MOSQ_ERR_SUCCESS)
-            client_fail(c, "write failed");
+            client_fail(c, "write failed", 0);
     }
 }
 

@@ -10,8 +10,8 @@
  * Flow control: a QoS 0 publisher queues while fewer than OUT_HIGH_WATER
  * bytes wait to be written, so the broker's reading speed (TCP back
  * pressure) paces it; a QoS 1/2 publisher keeps opts->inflight messages
- * unacknowledged. Packet identifiers cycle through 1..65535; acks are only
- * counted, which is exact as long as the window is below 65535. */
+ * unacknowledged and waits while worker_backlog_full(). Packet identifiers cycle through 1..65535;
+ * acks are only counted, which is exact as long as the window is below 65535. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -23,7 +23,7 @@
 
 #include "bench.h"
 
-#define CONNECT_WINDOW 128
+#define CONNECT_WINDOW 64 /* below the listen backlog of Mosquitto (100) */
 #define READ_CHUNK 65536
 #define OUT_HIGH_WATER 65536
 #define PUBLISH_BATCH 256 /* messages per publisher per turn, for fairness */
@@ -36,7 +36,7 @@ enum { WIRE_PINGREQ = 12, WIRE_DISCONNECT = 14 };
 static int raw_put(struct client *c, int rc)
 {
     if (rc < 0)
-        client_fail(c, "out of memory queueing a packet");
+        client_fail(c, "out of memory queueing a packet", 0);
     return rc;
 }
 
@@ -49,7 +49,7 @@ static void raw_connect(struct worker *w, struct client *c)
     w->pending++;
     c->last_out_ns = bench_now_ns();
     if (fd < 0) {
-        client_fail(c, "socket() failed (file descriptor limit?)");
+        client_fail(c, "socket() failed", errno);
         return;
     }
     c->fd = fd;
@@ -57,7 +57,7 @@ static void raw_connect(struct worker *w, struct client *c)
      * add delayed-ACK stalls to the latency */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(fd, w->addr, w->addrlen) < 0 && errno != EINPROGRESS) {
-        client_fail(c, "TCP connect failed");
+        client_fail(c, "cannot connect to the broker", errno);
         return;
     }
     /* written once the connection is up: send() says EAGAIN until then */
@@ -94,7 +94,8 @@ static void raw_flush(struct worker *w, struct client *c)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
-        client_fail(c, "write failed (connection lost)");
+        client_fail(c, c->state == CL_CONNECTING ? "cannot connect to the broker" : "write failed",
+                    errno);
         return;
     }
     raw_out_drained(w, c);
@@ -109,6 +110,8 @@ static bool raw_publish_some(struct worker *w, struct client *c)
             return false;
         if (o->qos == 0 ? bbuf_pending(&c->out) >= OUT_HIGH_WATER
                         : c->next_seq - c->completed >= (uint64_t)o->inflight)
+            return false;
+        if (worker_backlog_full(w))
             return false;
         uint16_t id = 0;
         if (o->qos > 0) {
@@ -134,7 +137,7 @@ static int raw_acked(struct worker *w, struct client *c)
 
 static int raw_unexpected(struct client *c)
 {
-    client_fail(c, "unexpected packet from the broker");
+    client_fail(c, "unexpected packet from the broker", 0);
     return -1;
 }
 
@@ -149,7 +152,7 @@ static int raw_handle(struct worker *w, struct client *c, const struct wire_pack
         if (c->state != CL_CONNECTING)
             return raw_unexpected(c);
         if (pk->code != 0) {
-            client_fail(c, "connection refused by the broker (CONNACK)");
+            client_fail(c, "connection refused by the broker (CONNACK)", 0);
             return -1;
         }
         if (!sub) {
@@ -162,7 +165,7 @@ static int raw_handle(struct worker *w, struct client *c, const struct wire_pack
         if (c->state != CL_SUBSCRIBING)
             return raw_unexpected(c);
         if (pk->code == 0x80) { /* [MQTT-3.9.3-2] failure return code */
-            client_fail(c, "subscription refused (SUBACK 0x80)");
+            client_fail(c, "subscription refused (SUBACK 0x80)", 0);
             return -1;
         }
         client_set_ready(c);
@@ -195,12 +198,12 @@ static int raw_handle(struct worker *w, struct client *c, const struct wire_pack
 static void raw_read(struct worker *w, struct client *c)
 {
     if (bbuf_reserve(&c->in, READ_CHUNK) < 0) {
-        client_fail(c, "out of memory reading");
+        client_fail(c, "out of memory reading", 0);
         return;
     }
     ssize_t n = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-        client_fail(c, n == 0 ? "connection closed by the broker" : "read failed");
+        client_fail(c, n == 0 ? "connection closed by the broker" : "read failed", n ? errno : 0);
         return;
     }
     if (n < 0)
@@ -213,7 +216,7 @@ static void raw_read(struct worker *w, struct client *c)
         if (used == 0)
             break;
         if (used < 0) {
-            client_fail(c, "malformed packet from the broker");
+            client_fail(c, "malformed packet from the broker", 0);
             return;
         }
         c->in.off += (size_t)used;

@@ -176,7 +176,8 @@ static int bench_wait_ready(struct bench *b, char *err, size_t errlen)
         int ready = atomic_load(&b->shared.ready);
         int failed = atomic_load(&b->shared.failed);
         if (failed > 0) {
-            snprintf(err, errlen, "%d of %d clients failed to connect", failed, b->nclients);
+            snprintf(err, errlen, "a client failed to connect (%d of %d ready)", ready,
+                     b->nclients);
             return -1;
         }
         if (ready == b->nclients)

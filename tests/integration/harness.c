@@ -64,14 +64,17 @@ bool it_mode_mosquitto(void)
     return m && strcmp(m, "mosquitto") == 0;
 }
 
-const char *it_broker_name(void) { return it_mode_mosquitto() ? "mosquitto" : "mqbridge"; }
+const char *it_broker_name(void)
+{
+    return it_mode_mosquitto() ? "mosquitto" : "mqbridge";
+}
 
 void it_note_skip(const char *test, const char *why)
 {
     fprintf(stderr, "NOTE: %s not run against %s: %s\n", test, it_broker_name(), why);
 }
 
-static const char *it_mqbridge_bin(void)
+const char *it_mqbridge_path(void)
 {
     const char *env = getenv("MQB_IT_BIN");
     return env && *env ? env : MQBRIDGE_BIN;
@@ -86,9 +89,10 @@ static int it_reaper_fd = -1;
 
 static const char it_reaper_script[] =
     "dirs=; while read -r d; do dirs=\"$dirs $d\"; done; "
-    "for d in $dirs; do [ -d \"$d\" ] || continue; "
+    "for d in $dirs; do [ -d \"$d\" ] && [ ! -e \"$d/.it-done\" ] || continue; "
+    "if [ -f \"$d/broker.log\" ]; then "
     "echo \"==== $d/broker.log (last 40 lines) ====\" >&2; "
-    "tail -n 40 \"$d/broker.log\" >&2; "
+    "tail -n 40 \"$d/broker.log\" >&2; fi; "
     "[ -n \"$MQB_IT_KEEP\" ] || rm -rf \"$d\"; done";
 
 static void it_reaper_register(const char *dir)
@@ -117,9 +121,39 @@ static void it_reaper_register(const char *dir)
         fprintf(stderr, "it: reaper write failed\n");
 }
 
+void it_tmpdir_make(char *dir, size_t len)
+{
+    snprintf(dir, len, "/tmp/mqb-it-XXXXXX");
+    ck_assert_msg(mkdtemp(dir) != NULL, "mkdtemp: %s", strerror(errno));
+    it_reaper_register(dir);
+}
+
+void it_tmpdir_remove(char *dir)
+{
+    if (dir[0] && getenv("MQB_IT_KEEP")) {
+        char done[128]; /* tells the reaper this test finished */
+        snprintf(done, sizeof done, "%s/.it-done", dir);
+        it_write_file(done, "");
+    } else if (dir[0]) {
+        char *argv[] = {"rm", "-rf", dir, NULL};
+        struct it_proc p;
+        it_run(&p, argv, IT_START_MS);
+        it_proc_cleanup(&p);
+    }
+    dir[0] = '\0';
+}
+
+void it_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
+    fputs(text, f);
+    ck_assert(fclose(f) == 0);
+}
+
 /* ---- config ---- */
 
-static uint16_t it_free_port(void)
+uint16_t it_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
@@ -136,11 +170,12 @@ static void it_write_mqbridge_conf(FILE *f, const struct it_broker *b)
 {
     const struct it_broker_opts *o = &b->opts;
     fprintf(f,
+            "instance: { naming: mqtt }\n"
             "listeners:\n"
             "  - { host: 127.0.0.1, port: %u }\n"
             "storage: { path: %s/store, sync: normal }\n"
             "limits: { max_inflight: %u, max_queued: %u, max_packet_size: %lu,"
-            " max_connections: %u, max_keepalive: 0 }\n"
+            " max_connections: %u, max_keepalive: 0, max_message_size: 268435455 }\n"
             "log: { level: debug }\n",
             b->port, b->dir, o->max_inflight, o->max_queued, o->max_packet_size,
             o->max_connections);
@@ -185,7 +220,7 @@ static void it_write_conf(struct it_broker *b)
 static void it_spawn_broker(struct it_broker *b)
 {
     char *argv[4] = {NULL, "-c", b->conf, NULL};
-    argv[0] = it_mode_mosquitto() ? "mosquitto" : (char *)it_mqbridge_bin();
+    argv[0] = it_mode_mosquitto() ? "mosquitto" : (char *)it_mqbridge_path();
     int logfd = open(b->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     ck_assert_msg(logfd >= 0 && nullfd >= 0, "%s: %s", b->log, strerror(errno));
@@ -204,7 +239,7 @@ static void it_spawn_broker(struct it_broker *b)
     b->pid = pid;
 }
 
-static bool it_port_open(uint16_t port)
+bool it_port_accepts(uint16_t port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
@@ -233,13 +268,13 @@ static int it_reap(pid_t pid, bool block)
 static void it_wait_ready(struct it_broker *b)
 {
     int64_t deadline = it_now_ms() + IT_START_MS;
-    while (!it_port_open(b->port)) {
+    while (!it_port_accepts(b->port)) {
         int st = it_reap(b->pid, false);
         if (st >= 0) {
             b->pid = 0;
             it_broker_print_log(b, 40);
-            ck_abort_msg("%s exited with status %d before listening on %u", it_broker_name(),
-                         st, b->port);
+            ck_abort_msg("%s exited with status %d before listening on %u", it_broker_name(), st,
+                         b->port);
         }
         if (it_now_ms() > deadline) {
             it_broker_print_log(b, 40);
@@ -262,12 +297,10 @@ void it_broker_start(struct it_broker *b, const struct it_broker_opts *opts)
     if (!b->opts.max_packet_size)
         b->opts.max_packet_size = IT_DEFAULT_PACKET;
     if (!it_mode_mosquitto())
-        ck_assert_msg(access(it_mqbridge_bin(), X_OK) == 0,
+        ck_assert_msg(access(it_mqbridge_path(), X_OK) == 0,
                       "%s not found: build it, or run with MQB_IT_BROKER=mosquitto",
-                      it_mqbridge_bin());
-    snprintf(b->dir, sizeof b->dir, "/tmp/mqb-it-XXXXXX");
-    ck_assert_msg(mkdtemp(b->dir) != NULL, "mkdtemp: %s", strerror(errno));
-    it_reaper_register(b->dir);
+                      it_mqbridge_path());
+    it_tmpdir_make(b->dir, sizeof b->dir);
     snprintf(b->conf, sizeof b->conf, "%s/%s", b->dir,
              it_mode_mosquitto() ? "mosquitto.conf" : "mqbridge.yaml");
     snprintf(b->log, sizeof b->log, "%s/broker.log", b->dir);
@@ -293,8 +326,7 @@ int it_broker_stop(struct it_broker *b)
     while ((st = it_reap(b->pid, false)) < 0 && it_now_ms() < deadline)
         poll(NULL, 0, 5);
     if (st < 0) {
-        fprintf(stderr, "it: %s did not exit %d ms after SIGTERM\n", it_broker_name(),
-                IT_START_MS);
+        fprintf(stderr, "it: %s did not exit %d ms after SIGTERM\n", it_broker_name(), IT_START_MS);
         it_broker_kill9(b);
         return -1;
     }
@@ -316,13 +348,7 @@ void it_broker_cleanup(struct it_broker *b)
     if (!b)
         return;
     it_broker_kill9(b);
-    if (b->dir[0] && !getenv("MQB_IT_KEEP")) {
-        char *argv[] = {"rm", "-rf", b->dir, NULL};
-        struct it_proc p;
-        it_run(&p, argv, IT_START_MS);
-        it_proc_cleanup(&p);
-    }
-    b->dir[0] = '\0';
+    it_tmpdir_remove(b->dir);
 }
 
 void it_broker_print_log(const struct it_broker *b, int lines)

@@ -30,6 +30,7 @@
 
 #include <pthread.h>
 
+#include "../../broker/packet.h" /* enum mqtt_type only: the codec is not used */
 #include "../../common/buf.h"
 
 #define IT_WAIT_MS 5000   /* default deadline for something that must happen */
@@ -46,6 +47,17 @@ bool it_wait_until(bool (*cond)(void *ctx), void *ctx, int timeout_ms);
 
 /* pipe() with both ends close-on-exec. 0 or -1. */
 int it_pipe(int fds[2]);
+/* A free TCP port on 127.0.0.1 (bound to port 0 and read back). */
+uint16_t it_free_port(void);
+/* true when a TCP connect to 127.0.0.1:port succeeds. */
+bool it_port_accepts(uint16_t port);
+/* mkdtemp under /tmp (dir: at least 32 bytes), known to the reaper so a
+ * failed test does not leave it behind. Fails the test on error. */
+void it_tmpdir_make(char *dir, size_t len);
+/* rm -rf dir (unless MQB_IT_KEEP is set); dir becomes "". */
+void it_tmpdir_remove(char *dir);
+/* Write text to path, failing the test on error. */
+void it_write_file(const char *path, const char *text);
 
 /* ---- the broker under test ---- */
 
@@ -69,6 +81,8 @@ struct it_broker {
 
 /* True when MQB_IT_BROKER=mosquitto. */
 bool it_mode_mosquitto(void);
+/* The mqbridge binary: env MQB_IT_BIN, else MQBRIDGE_BIN. */
+const char *it_mqbridge_path(void);
 /* "mqbridge" or "mosquitto", for messages. */
 const char *it_broker_name(void);
 /* Print once why a test is not run in this mode. */
@@ -95,7 +109,7 @@ void it_broker_print_log(const struct it_broker *b, int lines);
 
 struct it_proc {
     pid_t pid;
-    int out_fd, err_fd; /* -1 once drained */
+    int out_fd, err_fd;  /* -1 once drained */
     struct buf out, err; /* NUL-terminated after every read */
     int status;          /* see it_proc_wait */
 };
@@ -119,7 +133,7 @@ enum {
     IT_RAW_TIMEOUT = -1, /* nothing complete within the deadline */
     IT_RAW_ERROR = -2,   /* socket error or undecodable server packet */
     IT_RAW_EOF = 0,      /* the server closed the connection */
-    /* > 0: the MQTT packet type received (1..15) */
+    /* > 0: the packet type received, enum mqtt_type */
 };
 
 /* A decoded server packet. body is a heap copy of the variable header and
@@ -128,16 +142,16 @@ struct it_pkt {
     uint8_t type, flags;
     uint8_t *body;
     uint32_t len;
-    uint16_t pid;                 /* PUBLISH QoS>0, acks, SUBACK, UNSUBACK */
-    uint8_t qos;                  /* PUBLISH */
-    bool dup, retain;             /* PUBLISH */
-    char topic[256];              /* PUBLISH, NUL-terminated copy */
-    const uint8_t *payload;       /* PUBLISH */
-    uint32_t payload_len;         /* PUBLISH */
-    bool session_present;         /* CONNACK */
-    uint8_t rc;                   /* CONNACK */
-    const uint8_t *rcs;           /* SUBACK return codes */
-    uint32_t rc_count;            /* SUBACK */
+    uint16_t pid;           /* PUBLISH QoS>0, acks, SUBACK, UNSUBACK */
+    uint8_t qos;            /* PUBLISH */
+    bool dup, retain;       /* PUBLISH */
+    char topic[256];        /* PUBLISH, NUL-terminated copy */
+    const uint8_t *payload; /* PUBLISH */
+    uint32_t payload_len;   /* PUBLISH */
+    bool session_present;   /* CONNACK */
+    uint8_t rc;             /* CONNACK */
+    const uint8_t *rcs;     /* SUBACK return codes */
+    uint32_t rc_count;      /* SUBACK */
 };
 
 struct it_raw {
@@ -183,8 +197,8 @@ int it_raw_publish(struct it_raw *r, const char *topic, const void *payload, siz
                    uint8_t qos, bool retain, bool dup, uint16_t pid);
 /* PUBACK, PUBREC, PUBREL (flags 0x2 added), PUBCOMP. */
 int it_raw_ack(struct it_raw *r, uint8_t type, uint16_t pid);
-int it_raw_subscribe(struct it_raw *r, uint16_t pid, const char *const *filters,
-                     const uint8_t *qos, size_t n);
+int it_raw_subscribe(struct it_raw *r, uint16_t pid, const char *const *filters, const uint8_t *qos,
+                     size_t n);
 int it_raw_unsubscribe(struct it_raw *r, uint16_t pid, const char *const *filters, size_t n);
 int it_raw_pingreq(struct it_raw *r);
 int it_raw_disconnect(struct it_raw *r);
@@ -195,6 +209,16 @@ int it_raw_sub1(struct it_raw *r, const char *filter, uint8_t qos);
  * (so it has processed the DISCONNECT), close. 0, or -1 when the server
  * did not close in time. */
 int it_raw_leave(struct it_raw *r);
+
+/* Assertions (they fail the running test): */
+/* Connect and require CONNACK 0 with the given session-present flag. */
+void it_raw_connect_ok(struct it_raw *r, uint16_t port, const char *id, bool clean, bool want_sp);
+/* The next packet must be a PUBLISH of payload on topic at qos with that
+ * DUP flag and RETAIN=0; returns its packet id (non-zero for QoS > 0). */
+uint16_t it_raw_expect_publish(struct it_raw *r, const char *topic, const char *payload, int qos,
+                               bool dup);
+/* The next packet must be of type (PUBACK ... UNSUBACK) with packet id pid. */
+void it_raw_expect_ack(struct it_raw *r, int type, uint16_t pid);
 
 /* ---- libmosquitto client ---- */
 

@@ -67,7 +67,8 @@ static void it_proc_read(int *fd, struct buf *b)
  * both pipes are closed. */
 static bool it_proc_pump(struct it_proc *p, int timeout_ms)
 {
-    struct pollfd pf[2] = {{.fd = p->out_fd, .events = POLLIN}, {.fd = p->err_fd, .events = POLLIN}};
+    struct pollfd pf[2] = {{.fd = p->out_fd, .events = POLLIN},
+                           {.fd = p->err_fd, .events = POLLIN}};
     if (p->out_fd < 0 && p->err_fd < 0)
         return false;
     if (poll(pf, 2, timeout_ms) <= 0)

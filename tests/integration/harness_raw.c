@@ -42,7 +42,10 @@ void it_raw_close(struct it_raw *r)
     buf_free(&r->rx);
 }
 
-void it_raw_shutdown(struct it_raw *r) { shutdown(r->fd, SHUT_WR); }
+void it_raw_shutdown(struct it_raw *r)
+{
+    shutdown(r->fd, SHUT_WR);
+}
 
 int it_raw_send(struct it_raw *r, const void *data, size_t len)
 {
@@ -96,7 +99,10 @@ done:
 
 /* ---- decoding what the server sends ---- */
 
-static uint16_t it_be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static uint16_t it_be16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
 
 static int it_decode_publish(struct it_pkt *p)
 {
@@ -123,35 +129,38 @@ static int it_decode_publish(struct it_pkt *p)
 static int it_decode_body(struct it_pkt *p)
 {
     switch (p->type) {
-    case 2: /* CONNACK */
-        if (p->flags || p->len != 2)
+    case MQTT_CONNACK: /* [MQTT-3.2.2-1] flags bits 7-1 are reserved */
+        if (p->flags || p->len != 2 || (p->body[0] & 0xfe))
             return -1;
         p->session_present = p->body[0] & 1;
         p->rc = p->body[1];
         return 0;
-    case 3:
+    case MQTT_PUBLISH:
         return it_decode_publish(p);
-    case 4: /* PUBACK */
-    case 5: /* PUBREC */
-    case 7: /* PUBCOMP */
-    case 11: /* UNSUBACK */
+    case MQTT_PUBACK:
+    case MQTT_PUBREC:
+    case MQTT_PUBCOMP:
+    case MQTT_UNSUBACK:
         if (p->flags || p->len != 2)
             return -1;
         p->pid = it_be16(p->body);
         return 0;
-    case 6: /* PUBREL [MQTT-3.6.1-1] */
+    case MQTT_PUBREL: /* [MQTT-3.6.1-1] */
         if (p->flags != 2 || p->len != 2)
             return -1;
         p->pid = it_be16(p->body);
         return 0;
-    case 9: /* SUBACK */
+    case MQTT_SUBACK:
         if (p->flags || p->len < 3)
             return -1;
         p->pid = it_be16(p->body);
         p->rcs = p->body + 2;
         p->rc_count = p->len - 2;
+        for (uint32_t i = 0; i < p->rc_count; i++)
+            if (p->rcs[i] > 2 && p->rcs[i] != 0x80) /* [MQTT-3.9.3-2] */
+                return -1;
         return 0;
-    case 13: /* PINGRESP */
+    case MQTT_PINGRESP:
         return p->flags || p->len ? -1 : 0;
     default: /* a client-to-server or reserved type */
         return -1;
@@ -295,7 +304,7 @@ int it_raw_send_connect(struct it_raw *r, const struct it_connect_opts *o)
         it_put_str(&b, o->will_topic, strlen(o->will_topic));
         it_put_str(&b, wp, strlen(wp));
     }
-    int rc = it_raw_send_packet(r, 0x10, &b);
+    int rc = it_raw_send_packet(r, MQTT_CONNECT << 4, &b);
     buf_free(&b);
     return rc;
 }
@@ -305,7 +314,7 @@ int it_raw_connect(struct it_raw *r, uint16_t port, const struct it_connect_opts
     struct it_pkt p;
     if (it_raw_open(r, port) != 0 || it_raw_send_connect(r, o) != 0)
         return -1;
-    if (it_raw_next(r, &p, IT_WAIT_MS) != 2)
+    if (it_raw_next(r, &p, IT_WAIT_MS) != MQTT_CONNACK)
         return -1;
     int rc = p.rc;
     if (sp)
@@ -322,7 +331,7 @@ int it_raw_publish(struct it_raw *r, const char *topic, const void *payload, siz
     if (qos)
         buf_append_u16(&b, pid);
     buf_append(&b, payload, len);
-    uint8_t first = (uint8_t)(0x30 | (dup ? 8 : 0) | qos << 1 | (retain ? 1 : 0));
+    uint8_t first = (uint8_t)(MQTT_PUBLISH << 4 | (dup ? 8 : 0) | qos << 1 | (retain ? 1 : 0));
     int rc = it_raw_send_packet(r, first, &b);
     buf_free(&b);
     return rc;
@@ -330,13 +339,13 @@ int it_raw_publish(struct it_raw *r, const char *topic, const void *payload, siz
 
 int it_raw_ack(struct it_raw *r, uint8_t type, uint16_t pid)
 {
-    uint8_t pkt[4] = {(uint8_t)(type << 4 | (type == 6 ? 2 : 0)), 2, (uint8_t)(pid >> 8),
+    uint8_t pkt[4] = {(uint8_t)(type << 4 | (type == MQTT_PUBREL ? 2 : 0)), 2, (uint8_t)(pid >> 8),
                       (uint8_t)pid};
     return it_raw_send(r, pkt, sizeof pkt);
 }
 
-int it_raw_subscribe(struct it_raw *r, uint16_t pid, const char *const *filters,
-                     const uint8_t *qos, size_t n)
+int it_raw_subscribe(struct it_raw *r, uint16_t pid, const char *const *filters, const uint8_t *qos,
+                     size_t n)
 {
     struct buf b = {0};
     buf_append_u16(&b, pid);
@@ -344,7 +353,7 @@ int it_raw_subscribe(struct it_raw *r, uint16_t pid, const char *const *filters,
         it_put_str(&b, filters[i], strlen(filters[i]));
         buf_append_u8(&b, qos[i]);
     }
-    int rc = it_raw_send_packet(r, 0x82, &b);
+    int rc = it_raw_send_packet(r, MQTT_SUBSCRIBE << 4 | 2, &b);
     buf_free(&b);
     return rc;
 }
@@ -355,19 +364,26 @@ int it_raw_unsubscribe(struct it_raw *r, uint16_t pid, const char *const *filter
     buf_append_u16(&b, pid);
     for (size_t i = 0; i < n; i++)
         it_put_str(&b, filters[i], strlen(filters[i]));
-    int rc = it_raw_send_packet(r, 0xa2, &b);
+    int rc = it_raw_send_packet(r, MQTT_UNSUBSCRIBE << 4 | 2, &b);
     buf_free(&b);
     return rc;
 }
 
-int it_raw_pingreq(struct it_raw *r) { return it_raw_send(r, "\xc0\x00", 2); }
+int it_raw_pingreq(struct it_raw *r)
+{
+    return it_raw_send(r, "\xc0\x00", 2);
+}
 
-int it_raw_disconnect(struct it_raw *r) { return it_raw_send(r, "\xe0\x00", 2); }
+int it_raw_disconnect(struct it_raw *r)
+{
+    return it_raw_send(r, "\xe0\x00", 2);
+}
 
 int it_raw_sub1(struct it_raw *r, const char *filter, uint8_t qos)
 {
     struct it_pkt p;
-    if (it_raw_subscribe(r, 1, &filter, &qos, 1) != 0 || it_raw_next(r, &p, IT_WAIT_MS) != 9)
+    if (it_raw_subscribe(r, 1, &filter, &qos, 1) != 0 ||
+        it_raw_next(r, &p, IT_WAIT_MS) != MQTT_SUBACK)
         return -1;
     int granted = p.pid == 1 && p.rc_count == 1 ? p.rcs[0] : -1;
     it_pkt_clear(&p);

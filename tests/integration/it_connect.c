@@ -52,12 +52,12 @@ START_TEST(test_connack_codes)
         ck_assert_msg(!sp, "%s: session present set", name);
         if (rc == 0) {
             ck_assert_msg(it_raw_pingreq(&r) == 0, "%s: send", name);
-            ck_assert_msg(it_raw_next(&r, NULL, IT_WAIT_MS) == 13, "%s: no PINGRESP", name);
+            ck_assert_msg(it_raw_next(&r, NULL, IT_WAIT_MS) == MQTT_PINGRESP, "%s: no PINGRESP",
+                          name);
             it_raw_disconnect(&r);
         } else {
             /* [MQTT-3.2.2-5] a refusing server closes the connection */
-            ck_assert_msg(it_raw_wait_eof(&r, IT_WAIT_MS) == IT_RAW_EOF, "%s: not closed",
-                          name);
+            ck_assert_msg(it_raw_wait_eof(&r, IT_WAIT_MS) == IT_RAW_EOF, "%s: not closed", name);
         }
         it_raw_close(&r);
     }
@@ -118,7 +118,8 @@ static const struct {
     {"second CONNECT [MQTT-3.1.0-2]", true, "10 0d 0004 4d515454 04 02 003c 0001 78", false},
     {"PINGREQ before CONNECT [MQTT-3.1.0-1]", false, "c0 00", false},
     {"PUBLISH before CONNECT [MQTT-3.1.0-1]", false, "30 05 0003 612f62", false},
-    {"CONNECT reserved flag set [MQTT-3.1.2-3]", false, "10 0d 0004 4d515454 04 03 003c 0001 78", false},
+    {"CONNECT reserved flag set [MQTT-3.1.2-3]", false, "10 0d 0004 4d515454 04 03 003c 0001 78",
+     false},
     {"CONNECT will QoS without will flag [MQTT-3.1.2-13]", false,
      "10 0d 0004 4d515454 04 0a 003c 0001 78", false},
     {"CONNECT password without user name [MQTT-3.1.2-22]", false,
@@ -138,6 +139,12 @@ static const struct {
     {"SUBSCRIBE requested QoS 3 [MQTT-3-8.3-4]", true, "82 06 0001 0001 61 03", false},
     {"SUBSCRIBE reserved bits in QoS byte [MQTT-3-8.3-4]", true, "82 06 0001 0001 61 41", false},
     {"UNSUBSCRIBE without topics [MQTT-3.10.3-2]", true, "a2 02 0001", false},
+    {"SUBSCRIBE filter not UTF-8 [MQTT-1.5.3-1]", true, "82 07 0001 0002 c080 00", false},
+    {"PUBLISH QoS 1 without packet id", true, "32 05 0003 612f62", false},
+    {"PUBACK flags 1 [MQTT-2.2.2-2]", true, "41 02 0001", true},
+    {"PUBREC flags 2 [MQTT-2.2.2-2]", true, "52 02 0001", true},
+    {"PINGREQ flags 1 [MQTT-2.2.2-2]", true, "c1 00", true},
+    {"PUBACK remaining length 3", true, "40 03 0001 00", false},
 };
 
 START_TEST(test_malformed_closes_only_that_connection)
@@ -181,6 +188,40 @@ START_TEST(test_malformed_closes_only_that_connection)
 }
 END_TEST
 
+/* max_packet_size 1024: a 500-byte PUBLISH is routed, a 2000-byte one
+ * closes that connection without routing it; other clients carry on. */
+START_TEST(test_max_packet_size)
+{
+    struct it_broker b;
+    struct it_broker_opts opts = {.max_packet_size = 1024};
+    it_broker_start(&b, &opts);
+    struct it_raw big, other;
+    struct it_connect_opts ob = {.client_id = "it-big", .clean = true};
+    struct it_connect_opts oo = {.client_id = "it-big-other", .clean = true};
+    ck_assert_int_eq(it_raw_connect(&big, b.port, &ob, NULL), 0);
+    ck_assert_int_eq(it_raw_connect(&other, b.port, &oo, NULL), 0);
+    ck_assert_int_eq(it_raw_sub1(&other, "big/t", 0), 0);
+    static char payload[2000];
+    memset(payload, 'x', sizeof payload);
+
+    ck_assert_int_eq(it_raw_publish(&big, "big/t", payload, 500, 0, false, false, 0), 0);
+    struct it_pkt p;
+    ck_assert_int_eq(it_raw_next(&other, &p, IT_WAIT_MS), MQTT_PUBLISH);
+    ck_assert_uint_eq(p.payload_len, 500);
+    it_pkt_clear(&p);
+
+    ck_assert_int_eq(it_raw_publish(&big, "big/t", payload, sizeof payload, 0, false, false, 0), 0);
+    ck_assert_int_eq(it_raw_next(&big, NULL, IT_WAIT_MS), IT_RAW_EOF);
+    ck_assert_msg(it_raw_next(&other, NULL, IT_QUIET_MS) == IT_RAW_TIMEOUT,
+                  "the oversized message was routed");
+    ck_assert_int_eq(it_raw_pingreq(&other), 0);
+    ck_assert_int_eq(it_raw_next(&other, NULL, IT_WAIT_MS), MQTT_PINGRESP);
+    it_raw_close(&big);
+    it_raw_close(&other);
+    it_broker_cleanup(&b);
+}
+END_TEST
+
 /* [MQTT-3.1.2-24] keep-alive 1 s and silence: closed after 1.5 s.
  * Mosquitto checks keep-alives on a coarse timer (about 5 s late), so in
  * mosquitto mode only the lower bound means something. */
@@ -220,7 +261,7 @@ START_TEST(test_keepalive_pingreq_keeps_alive)
         /* the window doubles as the assertion that nothing closes us */
         ck_assert_int_eq(it_raw_next(&r, NULL, 600), IT_RAW_TIMEOUT);
         ck_assert_int_eq(it_raw_pingreq(&r), 0);
-        ck_assert_int_eq(it_raw_next(&r, NULL, 1000), 13);
+        ck_assert_int_eq(it_raw_next(&r, NULL, 1000), MQTT_PINGRESP);
     }
     it_raw_disconnect(&r);
     it_raw_close(&r);
@@ -239,6 +280,7 @@ static Suite *connect_suite(void)
     else
         it_note_skip("test_max_connections", "mosquitto closes without CONNACK 0x03");
     tcase_add_test(tc, test_malformed_closes_only_that_connection);
+    tcase_add_test(tc, test_max_packet_size);
     tcase_add_test(tc, test_keepalive_timeout_closes);
     tcase_add_test(tc, test_keepalive_pingreq_keeps_alive);
     suite_add_tcase(s, tc);

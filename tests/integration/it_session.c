@@ -9,14 +9,6 @@
 #include "../unit/check_main.h"
 #include "harness.h"
 
-static void raw_connect(struct it_raw *r, uint16_t port, const char *id, bool clean, bool want_sp)
-{
-    struct it_connect_opts o = {.client_id = id, .clean = clean};
-    bool sp = !want_sp;
-    ck_assert_msg(it_raw_connect(r, port, &o, &sp) == 0, "%s: CONNECT refused", id);
-    ck_assert_msg(sp == want_sp, "%s: session present %d, want %d", id, sp, want_sp);
-}
-
 /* Receive n PUBLISHes on r (any order), acknowledge each at its QoS, and
  * check that topic topics[i] came with payloads[i] at qos[i]. */
 static void receive_and_ack(struct it_raw *r, size_t n, const char *const *topics,
@@ -26,7 +18,8 @@ static void receive_and_ack(struct it_raw *r, size_t n, const char *const *topic
     for (size_t k = 0; k < n; k++) {
         struct it_pkt p;
         int got = it_raw_next(r, &p, IT_WAIT_MS);
-        ck_assert_msg(got == 3, "message %zu of %zu: got %d, want PUBLISH", k + 1, n, got);
+        ck_assert_msg(got == MQTT_PUBLISH, "message %zu of %zu: got %d, want PUBLISH", k + 1, n,
+                      got);
         size_t i = 0;
         while (i < n && strcmp(p.topic, topics[i]) != 0)
             i++;
@@ -39,14 +32,14 @@ static void receive_and_ack(struct it_raw *r, size_t n, const char *const *topic
         uint16_t pid = p.pid;
         it_pkt_clear(&p);
         if (qos[i] == 1)
-            ck_assert_int_eq(it_raw_ack(r, 4, pid), 0);
+            ck_assert_int_eq(it_raw_ack(r, MQTT_PUBACK, pid), 0);
         if (qos[i] == 2) {
-            ck_assert_int_eq(it_raw_ack(r, 5, pid), 0);
+            ck_assert_int_eq(it_raw_ack(r, MQTT_PUBREC, pid), 0);
             struct it_pkt rel;
-            ck_assert_int_eq(it_raw_next(r, &rel, IT_WAIT_MS), 6);
+            ck_assert_int_eq(it_raw_next(r, &rel, IT_WAIT_MS), MQTT_PUBREL);
             ck_assert_uint_eq(rel.pid, pid);
             it_pkt_clear(&rel);
-            ck_assert_int_eq(it_raw_ack(r, 7, pid), 0);
+            ck_assert_int_eq(it_raw_ack(r, MQTT_PUBCOMP, pid), 0);
         }
     }
 }
@@ -60,12 +53,12 @@ START_TEST(test_takeover_closes_first)
     for (int clean = 1; clean >= 0; clean--) {
         const char *id = clean ? "it-take-clean" : "it-take-persistent";
         struct it_raw first, second;
-        raw_connect(&first, b.port, id, clean, false);
-        raw_connect(&second, b.port, id, clean, !clean);
+        it_raw_connect_ok(&first, b.port, id, clean, false);
+        it_raw_connect_ok(&second, b.port, id, clean, !clean);
         ck_assert_msg(it_raw_wait_eof(&first, IT_WAIT_MS) == IT_RAW_EOF,
                       "%s: first connection still open", id);
         ck_assert_int_eq(it_raw_pingreq(&second), 0);
-        ck_assert_int_eq(it_raw_next(&second, NULL, IT_WAIT_MS), 13);
+        ck_assert_int_eq(it_raw_next(&second, NULL, IT_WAIT_MS), MQTT_PINGRESP);
         it_raw_close(&first);
         it_raw_close(&second);
     }
@@ -73,25 +66,33 @@ START_TEST(test_takeover_closes_first)
 }
 END_TEST
 
-/* cleanSession=0 take-over: session_present=1 and the subscription of the
- * first connection delivers to the second [MQTT-3.2.2-2]. */
+/* cleanSession=0 take-over: session_present=1 [MQTT-3.2.2-2]; the QoS 1
+ * message the first connection had not acknowledged comes again on the
+ * second with DUP=1 and the same packet id, and the subscription of the
+ * first connection keeps delivering to the second. */
 START_TEST(test_takeover_keeps_session)
 {
     struct it_broker b;
     it_broker_start(&b, NULL);
-    struct it_raw first, second;
-    raw_connect(&first, b.port, "it-take-sess", false, false);
+    struct it_raw first, second, pub;
+    it_raw_connect_ok(&first, b.port, "it-take-sess", false, false);
     ck_assert_int_eq(it_raw_sub1(&first, "take/#", 1), 1);
-    raw_connect(&second, b.port, "it-take-sess", false, true);
-    ck_assert_int_eq(it_raw_wait_eof(&first, IT_WAIT_MS), IT_RAW_EOF);
+    it_raw_connect_ok(&pub, b.port, "it-take-pub", true, false);
+    ck_assert_int_eq(it_raw_publish(&pub, "take/x", "inflight", 8, 1, false, false, 1), 0);
+    it_raw_expect_ack(&pub, MQTT_PUBACK, 1);
+    uint16_t pid = it_raw_expect_publish(&first, "take/x", "inflight", 1, false);
 
-    struct it_raw pub;
-    raw_connect(&pub, b.port, "it-take-pub", true, false);
-    ck_assert_int_eq(it_raw_publish(&pub, "take/x", "hello", 5, 1, false, false, 1), 0);
-    ck_assert_int_eq(it_raw_next(&pub, NULL, IT_WAIT_MS), 4);
+    it_raw_connect_ok(&second, b.port, "it-take-sess", false, true);
+    ck_assert_int_eq(it_raw_wait_eof(&first, IT_WAIT_MS), IT_RAW_EOF);
+    ck_assert_uint_eq(it_raw_expect_publish(&second, "take/x", "inflight", 1, true), pid);
+    ck_assert_int_eq(it_raw_ack(&second, MQTT_PUBACK, pid), 0);
+
+    ck_assert_int_eq(it_raw_publish(&pub, "take/x", "hello", 5, 1, false, false, 2), 0);
+    it_raw_expect_ack(&pub, MQTT_PUBACK, 2);
     const char *topics[] = {"take/x"}, *payloads[] = {"hello"};
     const int qos[] = {1};
     receive_and_ack(&second, 1, topics, payloads, qos);
+    ck_assert_int_eq(it_raw_next(&second, NULL, IT_QUIET_MS), IT_RAW_TIMEOUT);
     it_raw_close(&pub);
     it_raw_close(&first);
     it_raw_close(&second);
@@ -104,7 +105,7 @@ END_TEST
 static void subscribe_and_leave(uint16_t port, const char *id)
 {
     struct it_raw sub;
-    raw_connect(&sub, port, id, false, false);
+    it_raw_connect_ok(&sub, port, id, false, false);
     ck_assert_int_eq(it_raw_sub1(&sub, "keep/1", 1), 1);
     ck_assert_int_eq(it_raw_sub1(&sub, "keep/2", 2), 2);
     ck_assert_int_eq(it_raw_leave(&sub), 0);
@@ -115,9 +116,11 @@ static void publish_while_away(uint16_t port)
     struct it_client pub;
     struct it_connect_opts o = {.client_id = "it-keep-pub", .clean = true};
     ck_assert_int_eq(it_client_open(&pub, port, &o), 0);
+    /* QoS 0 is not kept for an offline client (SEMANTICS.md) */
+    ck_assert_int_eq(it_client_publish(&pub, "keep/1", "zero", 0, false), 0);
     ck_assert_int_eq(it_client_publish(&pub, "keep/1", "one", 1, false), 0);
     ck_assert_int_eq(it_client_publish(&pub, "keep/2", "two", 2, false), 0);
-    ck_assert(it_client_wait_published(&pub, 2, IT_WAIT_MS));
+    ck_assert(it_client_wait_published(&pub, 3, IT_WAIT_MS));
     it_client_close(&pub);
 }
 
@@ -134,7 +137,7 @@ START_TEST(test_persistent_session_while_away)
     subscribe_and_leave(b.port, "it-keep");
     publish_while_away(b.port);
     struct it_raw sub;
-    raw_connect(&sub, b.port, "it-keep", false, true);
+    it_raw_connect_ok(&sub, b.port, "it-keep", false, true);
     receive_and_ack(&sub, 2, keep_topics, keep_payloads, keep_qos);
     ck_assert_int_eq(it_raw_next(&sub, NULL, IT_QUIET_MS), IT_RAW_TIMEOUT);
     it_raw_close(&sub);
@@ -154,16 +157,66 @@ START_TEST(test_persistent_session_survives_restart)
     it_broker_restart(&b);
 
     struct it_raw sub;
-    raw_connect(&sub, b.port, "it-keep-rs", false, true);
+    it_raw_connect_ok(&sub, b.port, "it-keep-rs", false, true);
     receive_and_ack(&sub, 2, keep_topics, keep_payloads, keep_qos);
     ck_assert_int_eq(it_raw_next(&sub, NULL, IT_QUIET_MS), IT_RAW_TIMEOUT);
     ck_assert_int_eq(it_raw_leave(&sub), 0);
 
     publish_while_away(b.port);
-    raw_connect(&sub, b.port, "it-keep-rs", false, true);
+    it_raw_connect_ok(&sub, b.port, "it-keep-rs", false, true);
     receive_and_ack(&sub, 2, keep_topics, keep_payloads, keep_qos);
     it_raw_close(&sub);
     ck_assert_int_eq(it_broker_stop(&b), 0);
+    it_broker_cleanup(&b);
+}
+END_TEST
+
+/* Messages sent but not acknowledged before a SIGTERM restart come again
+ * afterwards: QoS 1 as a PUBLISH with DUP=1 and QoS 2 after PUBREC as a
+ * PUBREL, both with their packet ids [MQTT-4.4.0-1]. */
+START_TEST(test_unacked_survive_restart)
+{
+    struct it_broker b;
+    it_broker_start(&b, NULL);
+    subscribe_and_leave(b.port, "it-unacked");
+    struct it_raw sub;
+    it_raw_connect_ok(&sub, b.port, "it-unacked", false, true);
+    publish_while_away(b.port); /* "while away" is now while online */
+    uint16_t pid1 = 0, pid2 = 0;
+    for (int k = 0; k < 3; k++) { /* "zero" at QoS 0, "one" at 1, "two" at 2 */
+        struct it_pkt p;
+        ck_assert_int_eq(it_raw_next(&sub, &p, IT_WAIT_MS), MQTT_PUBLISH);
+        if (p.qos == 1)
+            pid1 = p.pid;
+        if (p.qos == 2)
+            pid2 = p.pid;
+        it_pkt_clear(&p);
+    }
+    ck_assert_msg(pid1 && pid2, "want one QoS 1 and one QoS 2 delivery");
+    ck_assert_int_eq(it_raw_ack(&sub, MQTT_PUBREC, pid2), 0);
+    it_raw_expect_ack(&sub, MQTT_PUBREL, pid2);
+    ck_assert_int_eq(it_broker_stop(&b), 0);
+    it_raw_close(&sub);
+    it_broker_restart(&b);
+
+    it_raw_connect_ok(&sub, b.port, "it-unacked", false, true);
+    for (int k = 0; k < 2; k++) {
+        struct it_pkt p;
+        int got = it_raw_next(&sub, &p, IT_WAIT_MS);
+        if (got == MQTT_PUBREL) {
+            ck_assert_uint_eq(p.pid, pid2);
+            ck_assert_int_eq(it_raw_ack(&sub, MQTT_PUBCOMP, pid2), 0);
+        } else {
+            ck_assert_msg(got == MQTT_PUBLISH, "got %d, want PUBLISH or PUBREL", got);
+            ck_assert_str_eq(p.topic, "keep/1");
+            ck_assert_msg(p.dup && p.pid == pid1, "QoS 1 redelivery: DUP %d id %u, want 1 %u",
+                          p.dup, p.pid, pid1);
+            ck_assert_int_eq(it_raw_ack(&sub, MQTT_PUBACK, pid1), 0);
+        }
+        it_pkt_clear(&p);
+    }
+    ck_assert_int_eq(it_raw_next(&sub, NULL, IT_QUIET_MS), IT_RAW_TIMEOUT);
+    it_raw_close(&sub);
     it_broker_cleanup(&b);
 }
 END_TEST
@@ -175,17 +228,18 @@ START_TEST(test_acked_message_survives_kill9)
     struct it_broker b;
     it_broker_start(&b, NULL);
     struct it_raw sub, pub;
-    raw_connect(&sub, b.port, "it-k9", false, false);
+    it_raw_connect_ok(&sub, b.port, "it-k9", false, false);
     ck_assert_int_eq(it_raw_sub1(&sub, "k9/t", 1), 1);
     ck_assert_int_eq(it_raw_leave(&sub), 0);
-    raw_connect(&pub, b.port, "it-k9-pub", true, false);
+    it_raw_connect_ok(&pub, b.port, "it-k9-pub", true, false);
     ck_assert_int_eq(it_raw_publish(&pub, "k9/t", "durable", 7, 1, false, false, 1), 0);
-    ck_assert_int_eq(it_raw_next(&pub, NULL, IT_WAIT_MS), 4); /* PUBACK: now it must be safe */
+    ck_assert_int_eq(it_raw_next(&pub, NULL, IT_WAIT_MS),
+                     MQTT_PUBACK); /* PUBACK: now it must be safe */
     it_broker_kill9(&b);
     it_raw_close(&pub);
     it_broker_restart(&b);
 
-    raw_connect(&sub, b.port, "it-k9", false, true);
+    it_raw_connect_ok(&sub, b.port, "it-k9", false, true);
     const char *topics[] = {"k9/t"}, *payloads[] = {"durable"};
     const int qos[] = {1};
     receive_and_ack(&sub, 1, topics, payloads, qos);
@@ -202,7 +256,7 @@ START_TEST(test_clean_session_discards_persistent)
     struct it_broker b;
     it_broker_start(&b, NULL);
     struct it_raw sub;
-    raw_connect(&sub, b.port, "it-discard", false, false);
+    it_raw_connect_ok(&sub, b.port, "it-discard", false, false);
     ck_assert_int_eq(it_raw_sub1(&sub, "discard/t", 1), 1);
     ck_assert_int_eq(it_raw_leave(&sub), 0);
     struct it_client pub;
@@ -211,7 +265,7 @@ START_TEST(test_clean_session_discards_persistent)
     ck_assert_int_eq(it_client_publish(&pub, "discard/t", "old", 1, false), 0);
     ck_assert(it_client_wait_published(&pub, 1, IT_WAIT_MS));
 
-    raw_connect(&sub, b.port, "it-discard", true, false);
+    it_raw_connect_ok(&sub, b.port, "it-discard", true, false);
     ck_assert_msg(it_raw_next(&sub, NULL, IT_QUIET_MS) == IT_RAW_TIMEOUT,
                   "a message of the discarded session arrived");
     ck_assert_int_eq(it_client_publish(&pub, "discard/t", "new", 1, false), 0);
@@ -220,7 +274,7 @@ START_TEST(test_clean_session_discards_persistent)
                   "the discarded subscription still delivers");
     ck_assert_int_eq(it_raw_leave(&sub), 0);
 
-    raw_connect(&sub, b.port, "it-discard", false, false);
+    it_raw_connect_ok(&sub, b.port, "it-discard", false, false);
     ck_assert_int_eq(it_raw_next(&sub, NULL, IT_QUIET_MS), IT_RAW_TIMEOUT);
     it_raw_close(&sub);
     it_client_close(&pub);
@@ -237,6 +291,7 @@ static Suite *session_suite(void)
     tcase_add_test(tc, test_takeover_keeps_session);
     tcase_add_test(tc, test_persistent_session_while_away);
     tcase_add_test(tc, test_persistent_session_survives_restart);
+    tcase_add_test(tc, test_unacked_survive_restart);
     if (!it_mode_mosquitto())
         tcase_add_test(tc, test_acked_message_survives_kill9);
     else

@@ -10,7 +10,8 @@
 #include "harness.h"
 
 /* Topics published once each, payload = topic. */
-static const char *const wild_topics[] = {"a", "a/b", "a/b/c", "/x", "x", "b/x", "$foo/x", "$SYS/x"};
+static const char *const wild_topics[] = {"a", "a/b", "a/b/c",  "/x",
+                                          "x", "b/x", "$foo/x", "$SYS/x"};
 
 /* [MQTT-4.7.1-1..3] [MQTT-4.7.2-1]: which of wild_topics each filter gets,
  * as a space-separated list. */
@@ -150,7 +151,7 @@ START_TEST(test_suback_failure_code)
     const uint8_t want[] = {1, 0x80, 0x80, 2, 0x80};
     ck_assert_int_eq(it_raw_subscribe(&r, 42, filters, qos, 5), 0);
     struct it_pkt p;
-    ck_assert_int_eq(it_raw_next(&r, &p, IT_WAIT_MS), 9);
+    ck_assert_int_eq(it_raw_next(&r, &p, IT_WAIT_MS), MQTT_SUBACK);
     ck_assert_uint_eq(p.pid, 42); /* [MQTT-3.8.4-2] */
     ck_assert_uint_eq(p.rc_count, 5);
     for (int i = 0; i < 5; i++)
@@ -159,7 +160,7 @@ START_TEST(test_suback_failure_code)
     it_pkt_clear(&p);
 
     ck_assert_int_eq(it_raw_publish(&r, "ok/2", "granted", 7, 0, false, false, 0), 0);
-    ck_assert_int_eq(it_raw_next(&r, &p, IT_WAIT_MS), 3);
+    ck_assert_int_eq(it_raw_next(&r, &p, IT_WAIT_MS), MQTT_PUBLISH);
     ck_assert_str_eq(p.topic, "ok/2");
     it_pkt_clear(&p);
     it_raw_close(&r);
@@ -184,24 +185,24 @@ START_TEST(test_unsubscribe_stops_delivery)
     ck_assert_int_eq(it_client_open(&pub, b.port, &po), 0);
     ck_assert_int_eq(it_client_publish(&pub, "un/a", "before", 0, false), 0);
     struct it_pkt p;
-    ck_assert_int_eq(it_raw_next(&sub, &p, IT_WAIT_MS), 3);
+    ck_assert_int_eq(it_raw_next(&sub, &p, IT_WAIT_MS), MQTT_PUBLISH);
     ck_assert_str_eq(p.topic, "un/a");
     it_pkt_clear(&p);
 
     const char *filter = "un/a", *never = "never/subscribed";
     ck_assert_int_eq(it_raw_unsubscribe(&sub, 77, &filter, 1), 0);
-    ck_assert_int_eq(it_raw_next(&sub, &p, IT_WAIT_MS), 11);
+    ck_assert_int_eq(it_raw_next(&sub, &p, IT_WAIT_MS), MQTT_UNSUBACK);
     ck_assert_uint_eq(p.pid, 77);
     it_pkt_clear(&p);
     ck_assert_int_eq(it_raw_unsubscribe(&sub, 78, &never, 1), 0);
-    ck_assert_int_eq(it_raw_next(&sub, &p, IT_WAIT_MS), 11);
+    ck_assert_int_eq(it_raw_next(&sub, &p, IT_WAIT_MS), MQTT_UNSUBACK);
     ck_assert_uint_eq(p.pid, 78);
     it_pkt_clear(&p);
 
     ck_assert_int_eq(it_client_publish(&pub, "un/a", "after", 1, false), 0);
     ck_assert(it_client_wait_published(&pub, 2, IT_WAIT_MS));
     ck_assert_int_eq(it_client_publish(&pub, "un/b", "marker", 1, false), 0);
-    ck_assert_int_eq(it_raw_next(&sub, &p, IT_WAIT_MS), 3);
+    ck_assert_int_eq(it_raw_next(&sub, &p, IT_WAIT_MS), MQTT_PUBLISH);
     ck_assert_msg(strcmp(p.topic, "un/b") == 0, "delivery on '%s' after UNSUBSCRIBE", p.topic);
     it_pkt_clear(&p);
     ck_assert_int_eq(it_raw_next(&sub, NULL, IT_QUIET_MS), IT_RAW_TIMEOUT);

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../../common/buf.h"
 #include "../../engine/config.h"
 #include "check_main.h"
 
@@ -13,6 +14,12 @@ struct load_case {
     int rc;
     const char *err; /* expected substring of the message ("" = none checked) */
 };
+
+/* Lists of parent topics: P25 is 25 items, P26 26. */
+#define P5(p) p "1, " p "2, " p "3, " p "4, " p "5"
+#define P25 "[" P5("a") ", " P5("b") ", " P5("c") ", " P5("d") ", " P5("e") "]"
+#define P26 "[" P5("a") ", " P5("b") ", " P5("c") ", " P5("d") ", " P5("e") ", f1]"
+#define S64 "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcd"
 
 static const struct load_case load_cases[] = {
     /* Valid documents. */
@@ -41,6 +48,49 @@ static const struct load_case load_cases[] = {
     {"quoted string id", "instance: {id: \"a-b_C9\"}\n", 0, ""},
     {"sync full", "storage: {path: /tmp/x, sync: full}\n", 0, ""},
     {"alias reused", "listeners:\n  - &l {host: 127.0.0.1}\nlimits: {}\n", 0, ""},
+
+    /* Naming: valid declarations. */
+    {"naming mqtt", "instance: {naming: mqtt}\n", 0, ""},
+    {"naming managed", "instance: {naming: managed}\n", 0, ""},
+    {"reject duplicate client ids", "instance: {on_duplicate_client_id: reject}\n", 0, ""},
+    {"takeover duplicate client ids", "instance: {on_duplicate_client_id: takeover}\n", 0, ""},
+    {"lists in flow style",
+     "instance: {parent_topics: [SensorData, Commands], groups: [GID_sensors, GID-app]}\n", 0, ""},
+    {"lists in block style",
+     "instance:\n  parent_topics:\n    - SensorData\n    - 'Commands'\n  groups:\n"
+     "    - \"GID_sensors\"\n",
+     0, ""},
+    {"empty lists", "instance: {parent_topics: [], groups: []}\n", 0, ""},
+    {"lists with no content", "instance:\n  parent_topics:\n  groups:\n", 0, ""},
+    {"groups unique by exact case", "instance: {groups: [GID_abc, GID_ABC, GID-abc]}\n", 0, ""},
+    {"scalars that look typed are names", "instance: {parent_topics: [123, 'true', yes]}\n", 0, ""},
+    {"64-character names",
+     "instance: {parent_topics: [" S64 "], groups: [GID_abcdefghijabcdefghijabcdefghijabcdefghij"
+     "abcdefghijabcdefghij]}\n",
+     0, ""},
+    {"25 parent topics", "instance: {parent_topics: " P25 "}\n", 0, ""},
+    {"26 parent topics, limit raised after",
+     "instance: {parent_topics: " P26 "}\nlimits: {max_parent_topics: 26}\n", 0, ""},
+    {"26 parent topics, limit raised before",
+     "limits: {max_parent_topics: 26}\n"
+     "instance: {parent_topics: " P26 "}\n",
+     0, ""},
+    {"parent as long as max_topic_length",
+     "instance: {parent_topics: [abcde]}\n"
+     "limits: {max_topic_length: 5}\n",
+     0, ""},
+    {"managed limits at their maxima",
+     "limits:\n  max_message_size: 268435455\n  max_subscriptions_per_client: 65535\n"
+     "  max_wildcard_subscriptions_per_parent: 65535\n  max_parent_topics: 1000\n"
+     "  offline_message_ttl: 315360000\n  max_offline_messages: 4294967295\n"
+     "  max_topic_length: 65535\n  max_topic_levels: 64\n  max_client_id_length: 65535\n",
+     0, ""},
+    {"managed limits at their minima",
+     "limits: {max_message_size: 1, max_subscriptions_per_client: 1,"
+     " max_wildcard_subscriptions_per_parent: 1, max_parent_topics: 1, offline_message_ttl: 1,"
+     " max_offline_messages: 1, max_topic_length: 1, max_topic_levels: 1,"
+     " max_client_id_length: 1}\n",
+     0, ""},
 
     /* Unknown, duplicate and missing keys. */
     {"unknown key with hint", "limits:\n    max_inflite: 5\n", -1,
@@ -110,6 +160,102 @@ static const struct load_case load_cases[] = {
     {"section is a scalar", "instance: foo\n", -1,
      "t.yaml:1:11: instance: expected a mapping, got 'foo'"},
 
+    /* Naming: refused declarations. */
+    {"naming unknown", "instance:\n  naming: strict\n", -1,
+     "t.yaml:2:11: instance.naming: expected one of managed, mqtt, got 'strict'"},
+    {"naming wrong case", "instance: {naming: MQTT}\n", -1, "got 'MQTT'"},
+    {"duplicate policy unknown", "instance: {on_duplicate_client_id: kick}\n", -1,
+     "instance.on_duplicate_client_id: expected one of takeover, reject, got 'kick'"},
+    {"parent topics duplicate ignoring case",
+     "instance:\n  id: x\n  naming: managed\n  parent_topics: [SensorData, sensordata]\n", -1,
+     "t.yaml:4:31: instance.parent_topics[1]: 'sensordata' duplicates 'SensorData' (parent "
+     "topics are unique ignoring case)"},
+    {"parent topics duplicate exactly", "instance:\n  parent_topics:\n    - a\n    - b\n    - a\n",
+     -1, "t.yaml:5:7: instance.parent_topics[2]: 'a' duplicates 'a'"},
+    {"parent topic duplicated through an alias", "instance: {parent_topics: [&p x, *p]}\n", -1,
+     "instance.parent_topics[1]: 'x' duplicates 'x'"},
+    {"group too short", "instance:\n  groups: [GID_ab]\n", -1,
+     "t.yaml:2:12: instance.groups[0]: 'GID_ab': 7..64 characters"},
+    {"group too long", "instance: {groups: [GID_" S64 "x]}\n", -1, "': 7..64 characters"},
+    {"group bad prefix", "instance: {groups: [GID_sensors, gid_sensors]}\n", -1,
+     "instance.groups[1]: 'gid_sensors': must start with GID_ or GID-"},
+    {"group bad character", "instance: {groups: [GID_a.b.c]}\n", -1,
+     "instance.groups[0]: 'GID_a.b.c': letters, digits, - and _ only"},
+    {"group duplicate", "instance: {groups: [GID_abc, GID_xyz, GID_abc]}\n", -1,
+     "t.yaml:1:39: instance.groups[2]: 'GID_abc' duplicates 'GID_abc' (group IDs are unique)"},
+    {"parent topic two levels", "instance: {parent_topics: [Sensor/Data]}\n", -1,
+     "t.yaml:1:28: instance.parent_topics[0]: 'Sensor/Data': one level: '/' not allowed"},
+    {"parent topic space", "instance: {parent_topics: ['Sensor Data']}\n", -1,
+     "instance.parent_topics[0]: 'Sensor Data': letters, digits, - and _ only"},
+    {"parent topic wildcard", "instance: {parent_topics: ['#']}\n", -1,
+     "instance.parent_topics[0]: '#': letters, digits, - and _ only"},
+    {"parent topic empty", "instance: {parent_topics: ['']}\n", -1,
+     "instance.parent_topics[0]: '': 1..64 characters"},
+    {"parent topic 65 characters", "instance: {parent_topics: [" S64 "x]}\n", -1,
+     "': 1..64 characters"},
+    {"parent topic null", "instance: {parent_topics: [a, ~]}\n", -1,
+     "t.yaml:1:31: instance.parent_topics[1]: expected a parent topic, got null"},
+    {"parent topic empty item", "instance:\n  parent_topics:\n    -\n", -1,
+     "instance.parent_topics[0]: expected a parent topic, got nothing"},
+    {"group is a mapping", "instance: {groups: [{GID_abc: 1}]}\n", -1,
+     "t.yaml:1:21: instance.groups[0]: expected a group ID, got a mapping"},
+    {"group is a sequence", "instance: {groups: [[GID_abc]]}\n", -1,
+     "instance.groups[0]: expected a group ID, got a sequence"},
+    {"parent topic with NUL", "instance: {parent_topics: [\"a\\0b\"]}\n", -1,
+     "instance.parent_topics[0]: expected a parent topic, got the quoted string 'a?b'"},
+    {"parent topic with tag", "instance: {parent_topics: [!!binary YQ==]}\n", -1,
+     "instance.parent_topics[0]: unexpected tag 'tag:yaml.org,2002:binary'"},
+    {"parent topic with the default tag", "instance: {parent_topics: [!!str a]}\n", 0, ""},
+    {"list with tag", "instance: {groups: !ids [GID_abc]}\n", -1,
+     "instance.groups: unexpected tag '!ids'"},
+    {"list is a scalar", "instance:\n  parent_topics: SensorData\n", -1,
+     "t.yaml:2:18: instance.parent_topics: expected a sequence of parent topics, got "
+     "'SensorData'"},
+    {"list is a mapping", "instance: {groups: {GID_abc: 1}}\n", -1,
+     "instance.groups: expected a sequence of group IDs, got a mapping"},
+    {"list key duplicated", "instance: {groups: [], groups: []}\n", -1,
+     "t.yaml:1:24: instance: duplicate key 'groups'"},
+    {"list key misspelt", "instance: {parent_topic: [a]}\n", -1,
+     "instance: unknown key 'parent_topic' (did you mean 'parent_topics'?)"},
+    {"26 parent topics", "instance: {parent_topics: " P26 "}\n", -1,
+     "t.yaml:1:27: instance.parent_topics: 26 parent topics, limits.max_parent_topics is 25"},
+    {"parent topics over a limit given before",
+     "limits: {max_parent_topics: 2}\n"
+     "instance:\n  parent_topics:\n    - a\n    - b\n    - c\n",
+     -1, "t.yaml:4:5: instance.parent_topics: 3 parent topics, limits.max_parent_topics is 2"},
+    {"parent topics over a limit given after",
+     "instance: {parent_topics: [a, b]}\n"
+     "limits: {max_parent_topics: 1}\n",
+     -1, "t.yaml:1:27: instance.parent_topics: 2 parent topics, limits.max_parent_topics is 1"},
+    {"parent topic longer than max_topic_length",
+     "instance: {parent_topics: [abc, abcdef]}\n"
+     "limits: {max_topic_length: 5}\n",
+     -1,
+     "t.yaml:1:33: instance.parent_topics[1]: 'abcdef' is 6 characters, longer than "
+     "limits.max_topic_length (5)"},
+
+    /* The managed limits' ranges. */
+    {"message size 0", "limits: {max_message_size: 0}\n", -1,
+     "limits.max_message_size: expected an integer 1..268435455, got '0'"},
+    {"message size above MQTT", "limits: {max_message_size: 268435456}\n", -1, "got '268435456'"},
+    {"subscriptions per client 0", "limits: {max_subscriptions_per_client: 0}\n", -1,
+     "limits.max_subscriptions_per_client: expected an integer 1..65535, got '0'"},
+    {"wildcard subscriptions 65536", "limits: {max_wildcard_subscriptions_per_parent: 65536}\n", -1,
+     "limits.max_wildcard_subscriptions_per_parent: expected an integer 1..65535"},
+    {"parent topics limit 1001", "limits: {max_parent_topics: 1001}\n", -1,
+     "limits.max_parent_topics: expected an integer 1..1000, got '1001'"},
+    {"ttl 0", "limits: {offline_message_ttl: 0}\n", -1,
+     "limits.offline_message_ttl: expected an integer 1..315360000, got '0'"},
+    {"ttl above ten years", "limits: {offline_message_ttl: 315360001}\n", -1, "got '315360001'"},
+    {"offline messages above uint32", "limits: {max_offline_messages: 4294967296}\n", -1,
+     "limits.max_offline_messages: expected an integer 1..4294967295, got '4294967296'"},
+    {"topic length 0", "limits: {max_topic_length: 0}\n", -1,
+     "limits.max_topic_length: expected an integer 1..65535, got '0'"},
+    {"topic levels 65", "limits: {max_topic_levels: 65}\n", -1,
+     "limits.max_topic_levels: expected an integer 1..64, got '65'"},
+    {"client id length 65536", "limits: {max_client_id_length: 65536}\n", -1,
+     "limits.max_client_id_length: expected an integer 1..65535, got '65536'"},
+
     /* Listeners. */
     {"listeners is a mapping", "listeners:\n  host: 0.0.0.0\n", -1,
      "t.yaml:2:3: listeners: expected a sequence of 1..8 listeners, got a mapping"},
@@ -158,7 +304,10 @@ START_TEST(test_load_table)
     if (rc < 0) {
         ck_assert_msg(strstr(err, t->err) != NULL, "%s: err '%s' lacks '%s'", t->name, err, t->err);
         ck_assert_msg(cfg.source == NULL && cfg.instance_id == NULL &&
-                          cfg.broker.storage_dir == NULL && cfg.broker.listener_count == 0,
+                          cfg.broker.storage_dir == NULL && cfg.broker.listener_count == 0 &&
+                          cfg.broker.naming.parent_topics == NULL &&
+                          cfg.broker.naming.parent_topic_count == 0 &&
+                          cfg.broker.naming.groups == NULL && cfg.broker.naming.group_count == 0,
                       "%s: failed load left data in *out", t->name);
     } else {
         ck_assert_str_eq(cfg.source, "t.yaml");
@@ -170,6 +319,12 @@ END_TEST
 
 static const char full_yaml[] = "instance:\n"
                                 "  id: edge-7\n"
+                                "  naming: mqtt\n"
+                                "  on_duplicate_client_id: reject\n"
+                                "  parent_topics: [SensorData, Commands]\n"
+                                "  groups:\n"
+                                "    - GID_sensors\n"
+                                "    - GID-app\n"
                                 "listeners:\n"
                                 "  - host: 127.0.0.1\n"
                                 "    port: 1884\n"
@@ -184,6 +339,15 @@ static const char full_yaml[] = "instance:\n"
                                 "  max_packet_size: 4096\n"
                                 "  max_connections: 500\n"
                                 "  max_keepalive: 600\n"
+                                "  max_message_size: 1024\n"
+                                "  max_subscriptions_per_client: 5\n"
+                                "  max_wildcard_subscriptions_per_parent: 7\n"
+                                "  max_parent_topics: 2\n"
+                                "  offline_message_ttl: 60\n"
+                                "  max_offline_messages: 99\n"
+                                "  max_topic_length: 100\n"
+                                "  max_topic_levels: 5\n"
+                                "  max_client_id_length: 128\n"
                                 "log:\n"
                                 "  level: debug\n";
 
@@ -208,6 +372,23 @@ START_TEST(test_full_file_fields)
     ck_assert_uint_eq(cfg.broker.limits.max_packet_size, 4096);
     ck_assert_uint_eq(cfg.broker.limits.max_connections, 500);
     ck_assert_uint_eq(cfg.broker.limits.max_keepalive, 600);
+    ck_assert_uint_eq(cfg.broker.limits.max_message_size, 1024);
+    ck_assert_uint_eq(cfg.broker.limits.max_subscriptions_per_client, 5);
+    ck_assert_uint_eq(cfg.broker.limits.max_wildcard_subscriptions_per_parent, 7);
+    ck_assert_uint_eq(cfg.broker.limits.max_parent_topics, 2);
+    ck_assert_uint_eq(cfg.broker.limits.offline_message_ttl, 60);
+    ck_assert_uint_eq(cfg.broker.limits.max_offline_messages, 99);
+    ck_assert_uint_eq(cfg.broker.naming.limits.max_topic_length, 100);
+    ck_assert_uint_eq(cfg.broker.naming.limits.max_topic_levels, 5);
+    ck_assert_uint_eq(cfg.broker.naming.limits.max_client_id_length, 128);
+    ck_assert_int_eq(cfg.broker.naming_mode, NAMING_MQTT);
+    ck_assert_int_eq(cfg.broker.on_duplicate_client_id, DUPLICATE_REJECT);
+    ck_assert_uint_eq(cfg.broker.naming.parent_topic_count, 2);
+    ck_assert_str_eq(cfg.broker.naming.parent_topics[0], "SensorData");
+    ck_assert_str_eq(cfg.broker.naming.parent_topics[1], "Commands");
+    ck_assert_uint_eq(cfg.broker.naming.group_count, 2);
+    ck_assert_str_eq(cfg.broker.naming.groups[0], "GID_sensors");
+    ck_assert_str_eq(cfg.broker.naming.groups[1], "GID-app");
     ck_assert_int_eq(cfg.log_level, LOG_DEBUG);
     config_free(&cfg);
     ck_assert_ptr_null(cfg.source);
@@ -241,6 +422,29 @@ START_TEST(test_empty_document_defaults)
     ck_assert_uint_eq(cfg.broker.limits.max_queued, 1000);
     ck_assert_uint_eq(cfg.broker.limits.max_connections, 0);
     ck_assert_uint_eq(cfg.broker.limits.max_keepalive, 0);
+    ck_assert_uint_eq(cfg.broker.limits.max_message_size, 65536);
+    ck_assert_uint_eq(cfg.broker.limits.max_subscriptions_per_client, 30);
+    ck_assert_uint_eq(cfg.broker.limits.max_wildcard_subscriptions_per_parent, 100);
+    ck_assert_uint_eq(cfg.broker.limits.max_parent_topics, 25);
+    ck_assert_uint_eq(cfg.broker.limits.offline_message_ttl, 259200);
+    ck_assert_uint_eq(cfg.broker.limits.max_offline_messages, 1000000);
+    ck_assert_int_eq(cfg.broker.naming_mode, def.naming_mode);
+    ck_assert_int_eq(cfg.broker.naming_mode, NAMING_MANAGED);
+    ck_assert_int_eq(cfg.broker.on_duplicate_client_id, def.on_duplicate_client_id);
+    ck_assert_int_eq(cfg.broker.on_duplicate_client_id, DUPLICATE_TAKEOVER);
+    ck_assert_int_eq(
+        memcmp(&cfg.broker.naming.limits, &def.naming.limits, sizeof def.naming.limits), 0);
+    ck_assert_uint_eq(cfg.broker.naming.limits.max_topic_length, 64);
+    ck_assert_uint_eq(cfg.broker.naming.limits.max_topic_levels, 3);
+    ck_assert_uint_eq(cfg.broker.naming.limits.max_client_id_length, 64);
+    ck_assert_ptr_null(cfg.broker.naming.parent_topics);
+    ck_assert_uint_eq(cfg.broker.naming.parent_topic_count, 0);
+    ck_assert_ptr_null(cfg.broker.naming.groups);
+    ck_assert_uint_eq(cfg.broker.naming.group_count, 0);
+    ck_assert_ptr_null(def.naming.parent_topics);
+    ck_assert_uint_eq(def.naming.parent_topic_count, 0);
+    ck_assert_ptr_null(def.naming.groups);
+    ck_assert_uint_eq(def.naming.group_count, 0);
     broker_config_free(&def);
     ck_assert_ptr_null(def.storage_dir);
     config_free(&cfg);
@@ -329,6 +533,33 @@ START_TEST(test_quickstart_example_loads)
     ck_assert_int_eq(cfg.log_level, LOG_INFO);
     ck_assert_uint_eq(cfg.broker.limits.max_inflight, 20);
     ck_assert_uint_eq(cfg.broker.limits.max_packet_size, 268435460);
+    ck_assert_int_eq(cfg.broker.naming_mode, NAMING_MANAGED);
+    ck_assert_uint_eq(cfg.broker.naming.parent_topic_count, 2);
+    ck_assert_str_eq(cfg.broker.naming.parent_topics[0], "demo");
+    ck_assert_str_eq(cfg.broker.naming.parent_topics[1], "SensorData");
+    ck_assert_uint_eq(cfg.broker.naming.group_count, 2);
+    ck_assert_str_eq(cfg.broker.naming.groups[0], "GID_demo");
+    ck_assert_str_eq(cfg.broker.naming.groups[1], "GID_sensors");
+    /* The managed limits are written out with their default values. */
+    struct broker_config def;
+    broker_config_defaults(&def);
+    ck_assert_int_eq(memcmp(&cfg.broker.limits, &def.limits, sizeof def.limits), 0);
+    ck_assert_int_eq(
+        memcmp(&cfg.broker.naming.limits, &def.naming.limits, sizeof def.naming.limits), 0);
+    broker_config_free(&def);
+    static const char *const keys[] = {
+        "max_message_size:",     "max_subscriptions_per_client:",
+        "max_parent_topics:",    "max_wildcard_subscriptions_per_parent:",
+        "offline_message_ttl:",  "max_offline_messages:",
+        "max_topic_length:",     "max_topic_levels:",
+        "max_client_id_length:", "on_duplicate_client_id:",
+    };
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        ck_assert_msg(strstr(text, keys[i]) != NULL, "quickstart lacks %s", keys[i]);
+    /* The connect example uses names the file declares. */
+    ck_assert_ptr_nonnull(strstr(text, "mosquitto_sub -i GID_demo@@@viewer -t 'demo/#' -q 1 -v"));
+    ck_assert_ptr_nonnull(
+        strstr(text, "mosquitto_pub -i GID_demo@@@dev1 -t demo/hello -m world -q 1"));
     ck_assert_ptr_nonnull(strstr(text, "# rules: (coming with the rules engine)"));
     config_free(&cfg);
     free(text);
@@ -343,12 +574,29 @@ static int load_quiet(const char *yaml, struct instance_config *cfg)
     return config_load_string(yaml, strlen(yaml), "doc.yaml", cfg, err, sizeof err);
 }
 
+static int names_equal(char **a, unsigned na, char **b, unsigned nb)
+{
+    if (na != nb)
+        return 0;
+    for (unsigned i = 0; i < na; i++)
+        if (strcmp(a[i], b[i]) != 0)
+            return 0;
+    return 1;
+}
+
 static int configs_equal(const struct instance_config *a, const struct instance_config *b)
 {
     const struct broker_config *x = &a->broker, *y = &b->broker;
     if (strcmp(a->instance_id, b->instance_id) || a->log_level != b->log_level ||
         x->listener_count != y->listener_count || strcmp(x->storage_dir, y->storage_dir) ||
-        x->sync != y->sync || memcmp(&x->limits, &y->limits, sizeof x->limits))
+        x->sync != y->sync || memcmp(&x->limits, &y->limits, sizeof x->limits) ||
+        x->naming_mode != y->naming_mode ||
+        x->on_duplicate_client_id != y->on_duplicate_client_id ||
+        memcmp(&x->naming.limits, &y->naming.limits, sizeof x->naming.limits) ||
+        !names_equal(x->naming.parent_topics, x->naming.parent_topic_count, y->naming.parent_topics,
+                     y->naming.parent_topic_count) ||
+        !names_equal(x->naming.groups, x->naming.group_count, y->naming.groups,
+                     y->naming.group_count))
         return 0;
     for (unsigned i = 0; i < x->listener_count; i++)
         if (strcmp(x->listeners[i].host, y->listeners[i].host) ||
@@ -435,7 +683,7 @@ START_TEST(test_docs_match_loader)
             check_doc_row(&defaults, section, cells);
     }
     /* One row per schema key: update when a key is added (and document it). */
-    ck_assert_uint_eq(rows, 11);
+    ck_assert_uint_eq(rows, 24);
     config_free(&defaults);
     free(text);
 }
@@ -487,6 +735,36 @@ START_TEST(test_load_file_ok)
 }
 END_TEST
 
+/* Uniqueness is checked in linear time: a duplicate at the end of a long
+ * list is found and named with its index and line. */
+START_TEST(test_long_group_list)
+{
+    enum { N = 20000 };
+    struct buf yaml = {0};
+    char line[64];
+    static const char head[] = "instance:\n  groups:\n";
+    ck_assert_int_eq(buf_append(&yaml, head, sizeof head - 1), 0);
+    for (int i = 0; i < N; i++) {
+        int n = snprintf(line, sizeof line, "    - GID_g%05d\n", i);
+        ck_assert_int_eq(buf_append(&yaml, line, (size_t)n), 0);
+    }
+    struct instance_config cfg;
+    char err[256];
+    ck_assert_int_eq(
+        config_load_string((const char *)yaml.data, yaml.len, "t.yaml", &cfg, err, sizeof err), 0);
+    ck_assert_uint_eq(cfg.broker.naming.group_count, N);
+    ck_assert_str_eq(cfg.broker.naming.groups[N - 1], "GID_g19999");
+    config_free(&cfg);
+    static const char dup[] = "    - GID_g00007\n";
+    ck_assert_int_eq(buf_append(&yaml, dup, sizeof dup - 1), 0);
+    ck_assert_int_eq(
+        config_load_string((const char *)yaml.data, yaml.len, "t.yaml", &cfg, err, sizeof err), -1);
+    ck_assert_str_eq(err, "t.yaml:20003:7: instance.groups[20000]: 'GID_g00007' duplicates "
+                          "'GID_g00007' (group IDs are unique)");
+    buf_free(&yaml);
+}
+END_TEST
+
 /* Messages are cut to the buffer; no buffer at all is allowed. */
 START_TEST(test_small_error_buffers)
 {
@@ -524,9 +802,16 @@ START_TEST(test_free_accepts_null_and_zeroed)
     /* Half-built: a host past listener_count is still freed (ASan checks). */
     cfg.broker.listeners[3].host = strdup("::");
     cfg.instance_id = strdup("x");
+    /* Half-built lists: entries past the count are never written. */
+    cfg.broker.naming.parent_topics = calloc(3, sizeof(char *));
+    cfg.broker.naming.parent_topics[0] = strdup("SensorData");
+    cfg.broker.naming.parent_topic_count = 1;
+    cfg.broker.naming.groups = calloc(2, sizeof(char *));
     config_free(&cfg);
     ck_assert_ptr_null(cfg.broker.listeners[3].host);
     ck_assert_ptr_null(cfg.instance_id);
+    ck_assert_ptr_null(cfg.broker.naming.parent_topics);
+    ck_assert_ptr_null(cfg.broker.naming.groups);
 }
 END_TEST
 
@@ -545,6 +830,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_load_file_ok);
     tcase_add_test(tc, test_small_error_buffers);
     tcase_add_test(tc, test_length_bounds_input);
+    tcase_add_test(tc, test_long_group_list);
     tcase_add_test(tc, test_free_accepts_null_and_zeroed);
     suite_add_tcase(s, tc);
     return s;
