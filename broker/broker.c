@@ -74,7 +74,8 @@ struct broker *broker_new(uv_loop_t *loop, const struct broker_config *cfg,
         goto fail;
     }
     b->topics = topic_tree_new();
-    if (!b->topics) {
+    b->wildcards_per_parent = calloc(b->cfg.naming.parent_topic_count + 1, sizeof(uint32_t));
+    if (!b->topics || !b->wildcards_per_parent) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -210,6 +211,13 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
+/* Message ids: 42 bits of epoch milliseconds, 10 bits of node id (0 until
+ * clustering), 12 bits of sequence within the millisecond. Time-ordered,
+ * unique across restarts as long as the clock does not go back (it is
+ * never allowed to go back within one run). */
+#define ID_NODE_BITS 10
+#define ID_SEQ_BITS 12
+
 uint64_t broker_next_message_id(struct broker *b)
 {
     uv_timeval64_t tv;
@@ -218,13 +226,15 @@ uint64_t broker_next_message_id(struct broker *b)
     if (ms > b->id_last_ms) {
         b->id_last_ms = ms;
         b->id_seq = 0;
-    } else if (++b->id_seq >= (1u << 20)) {
-        /* A million ids in one millisecond: borrow the next one. */
+    } else if (++b->id_seq >= (1u << ID_SEQ_BITS)) {
+        /* 4096 ids in one millisecond: borrow the next one. */
         b->id_last_ms++;
         b->id_seq = 0;
     }
-    return b->id_last_ms << 20 | b->id_seq;
+    return b->id_last_ms << (ID_NODE_BITS + ID_SEQ_BITS) | b->id_seq;
 }
+
+int64_t broker_message_id_time(uint64_t id) { return (int64_t)(id >> (ID_NODE_BITS + ID_SEQ_BITS)); }
 
 static void on_handle_closed(uv_handle_t *h)
 {
@@ -278,6 +288,7 @@ void broker_free(struct broker *b)
     if (b->lock_fd >= 0)
         close(b->lock_fd);
     free(b->hits);
+    free(b->wildcards_per_parent);
     broker_config_free(&b->cfg);
     free(b);
 }

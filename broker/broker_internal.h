@@ -84,7 +84,7 @@ struct broker {
     uint32_t hit_count, hit_cap;
     uint64_t match_gen;
 
-    /* Message ids: epoch ms << 20 | sequence within that ms. */
+    /* Message ids (broker.c): last millisecond used and sequence in it. */
     uint64_t id_last_ms;
     uint32_t id_seq;
 
@@ -120,10 +120,16 @@ int handle_pubrel(struct conn *c, uint16_t packet_id);
 int handle_subscribe(struct conn *c, const struct mqtt_subscribe *p);
 int handle_unsubscribe(struct conn *c, const struct mqtt_subscribe *p);
 
+/* handle_subscribe.c: count a wildcard subscription added (+1) or removed
+ * (-1) against its parent topic (managed naming only). */
+void broker_wildcards_adjust(struct broker *b, const char *filter, int delta);
+
 /* handle_publish.c: deliver m to every matching subscriber, update the
  * retained store, tell the engine. from may be NULL (will, injected). */
 void broker_route(struct broker *b, struct message *m, const char *from_client_id);
 uint64_t broker_next_message_id(struct broker *b);
+/* The epoch milliseconds an id was made at. */
+int64_t broker_message_id_time(uint64_t id);
 
 /* persist.c: session_ops implementation and start-up loading. */
 extern const struct session_ops broker_session_ops;

@@ -10,7 +10,7 @@
 
 static int connack_refuse(struct conn *c, uint8_t rc, const char *why)
 {
-    log_info("%s: connection refused (CONNACK 0x%02x): %s", c->peer, rc, why);
+    log_notice("%s: connection refused (CONNACK 0x%02x): %s", c->peer, rc, why);
     mqtt_encode_connack(&c->out, false, rc);
     conn_want_flush(c);
     return -1; /* [MQTT-3.2.2-5] close after a non-zero CONNACK */
@@ -24,6 +24,31 @@ static struct message *will_new(struct conn *c, const struct mqtt_connect *p)
     }
     return message_new(p->will_topic.p, p->will_topic.len, p->will_payload, p->will_payload_len,
                        p->will_qos, p->will_retain);
+}
+
+/* Managed naming and the duplicate policy for client id `id` (as sent, or
+ * assigned); refuses with CONNACK 0x02. */
+static int check_client_id(struct conn *c, const struct mqtt_connect *p, const char *id)
+{
+    struct broker *b = c->b;
+    char why[192];
+    int group;
+    if (b->cfg.naming_mode == NAMING_MANAGED &&
+        naming_check_client_id(&b->cfg.naming, p->client_id.p, p->client_id.len, &group, why,
+                               sizeof why) < 0) {
+        b->stats.connect_bad_client_id++;
+        return connack_refuse(c, MQTT_CONNACK_ID_REJECTED, why);
+    }
+    if (b->cfg.on_duplicate_client_id == DUPLICATE_REJECT) {
+        struct session *s = hmap_get(&b->sessions, id);
+        if (s && s->owner) {
+            b->stats.connect_duplicate++;
+            snprintf(why, sizeof why, "client id %.80s is connected already "
+                     "(on_duplicate_client_id: reject)", id);
+            return connack_refuse(c, MQTT_CONNACK_ID_REJECTED, why);
+        }
+    }
+    return 0;
 }
 
 /* The client id to use: the one sent, or one assigned for an empty id with
@@ -77,14 +102,17 @@ int handle_connect(struct conn *c, const struct mqtt_connect *p)
         log_info("%s: second CONNECT [MQTT-3.1.0-2]", c->peer);
         return -1;
     }
-    if (p->client_id.len == 0 && !p->clean_session)
+    if (p->client_id.len == 0 && !p->clean_session) {
+        b->stats.connect_bad_client_id++;
         return connack_refuse(c, MQTT_CONNACK_ID_REJECTED,
                               "empty client id with cleanSession=0 [MQTT-3.1.3-8]");
-    if (b->stopping)
-        return connack_refuse(c, MQTT_CONNACK_UNAVAILABLE, "broker is shutting down");
-    if (b->cfg.limits.max_connections &&
-        b->stats.connections_current > b->cfg.limits.max_connections)
-        return connack_refuse(c, MQTT_CONNACK_UNAVAILABLE, "max_connections reached");
+    }
+    if (b->stopping || (b->cfg.limits.max_connections &&
+                        b->stats.connections_current > b->cfg.limits.max_connections)) {
+        b->stats.connect_unavailable++;
+        return connack_refuse(c, MQTT_CONNACK_UNAVAILABLE,
+                              b->stopping ? "broker is shutting down" : "max_connections reached");
+    }
     if (p->will_flag) {
         c->will = will_new(c, p);
         if (!c->will)
@@ -93,6 +121,10 @@ int handle_connect(struct conn *c, const struct mqtt_connect *p)
     char *id = client_id_for(c, p);
     if (!id)
         return connack_refuse(c, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+    if (check_client_id(c, p, id) < 0) {
+        free(id);
+        return -1;
+    }
     bool present;
     struct session *s = session_attach(c, id, p->clean_session, &present);
     free(id);

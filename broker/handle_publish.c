@@ -9,6 +9,7 @@
  * while offline); QoS 0 is not kept for them. */
 #include <inttypes.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../common/log.h"
 #include "broker_internal.h"
@@ -60,14 +61,64 @@ void broker_route(struct broker *b, struct message *m, const char *from_client_i
         b->hooks.on_message(b->hooks.ctx, m, from_client_id);
 }
 
+/* P2P [SEMANTICS "P2P messages"]: to the target client only, no
+ * subscription needed, at the published QoS; an offline target keeps it
+ * only when its session is persistent (and QoS > 0). */
+static void deliver_p2p(struct broker *b, struct message *m, const struct naming_topic *nt,
+                        const char *from_client_id)
+{
+    char target[256];
+    size_t len = nt->p2p_target_len < sizeof target ? nt->p2p_target_len : sizeof target - 1;
+    memcpy(target, nt->p2p_target, len);
+    target[len] = '\0';
+    struct session *s = hmap_get(&b->sessions, target);
+    if (!s) {
+        b->stats.p2p_no_target++;
+        log_info("P2P %s from %s: no session for %s, dropped", m->topic,
+                 from_client_id ? from_client_id : "-", target);
+    } else if (session_enqueue(s, m, m->qos, false) == 1) {
+        b->stats.messages_dropped++;
+    }
+    if (b->hooks.on_message)
+        b->hooks.on_message(b->hooks.ctx, m, from_client_id);
+}
+
+/* The managed naming rules for a topic name; -1 closes the connection:
+ * MQTT 3.1.1 has no negative PUBACK. */
+static int check_topic(struct conn *c, const struct mqtt_publish *p, struct naming_topic *nt)
+{
+    struct broker *b = c->b;
+    char why[192];
+    nt->p2p_target = NULL;
+    if (b->cfg.naming_mode != NAMING_MANAGED)
+        return 0;
+    if (naming_check_topic(&b->cfg.naming, p->topic.p, p->topic.len, nt, why, sizeof why) == 0)
+        return 0;
+    b->stats.publish_bad_topic++;
+    log_notice("%s %s: PUBLISH refused, closing the connection: %s", c->peer,
+               c->session->client_id, why);
+    return -1;
+}
+
+static void publish_ack(struct conn *c, const struct mqtt_publish *p)
+{
+    if (p->qos == 1)
+        conn_send_ack(c, MQTT_PUBACK, p->packet_id);
+    else if (p->qos == 2)
+        conn_send_ack(c, MQTT_PUBREC, p->packet_id);
+}
+
 int handle_publish(struct conn *c, const struct mqtt_publish *p)
 {
     struct broker *b = c->b;
     struct session *s = c->session;
+    struct naming_topic nt;
     if (!topic_name_valid(p->topic.p, p->topic.len)) {
         log_info("%s: PUBLISH to invalid topic name", c->peer);
         return -1;
     }
+    if (check_topic(c, p, &nt) < 0)
+        return -1;
     b->stats.messages_received++;
     if (p->qos == 2) {
         int rc = session_qos2_in_add(s, p->packet_id);
@@ -81,22 +132,34 @@ int handle_publish(struct conn *c, const struct mqtt_publish *p)
         if (!s->clean_session && b->store)
             store_qos2_put(b->store, s->client_id, p->packet_id);
     }
-    struct message *m =
-        message_new(p->topic.p, p->topic.len, p->payload, p->payload_len, p->qos, p->retain);
+    if (b->cfg.limits.max_message_size && p->payload_len > b->cfg.limits.max_message_size) {
+        /* Discarded, but acknowledged so the client does not resend it
+         * forever; the connection stays. */
+        b->stats.discarded_oversize++;
+        log_notice("%s: PUBLISH to %.*s discarded: %" PRIu32 " bytes (max_message_size %" PRIu32
+                   ")",
+                   s->client_id, (int)p->topic.len, p->topic.p, p->payload_len,
+                   b->cfg.limits.max_message_size);
+        publish_ack(c, p);
+        return 0;
+    }
+    bool p2p = nt.p2p_target != NULL;
+    struct message *m = message_new(p->topic.p, p->topic.len, p->payload, p->payload_len, p->qos,
+                                    p->retain && !p2p);
     if (!m) {
         log_error("%s: out of memory for a message", c->peer);
         return -1;
     }
     m->id = broker_next_message_id(b);
-    m->time_ms = (int64_t)(m->id >> 20);
+    m->time_ms = broker_message_id_time(m->id);
     log_debug("%s: PUBLISH %s qos=%u id=%016" PRIx64 " (%" PRIu32 " bytes)", s->client_id, m->topic,
               p->qos, m->id, p->payload_len);
-    broker_route(b, m, s->client_id);
+    if (p2p)
+        deliver_p2p(b, m, &nt, s->client_id);
+    else
+        broker_route(b, m, s->client_id);
     message_unref(m);
-    if (p->qos == 1)
-        conn_send_ack(c, MQTT_PUBACK, p->packet_id);
-    else if (p->qos == 2)
-        conn_send_ack(c, MQTT_PUBREC, p->packet_id);
+    publish_ack(c, p);
     return 0;
 }
 

@@ -4,6 +4,7 @@
  * [MQTT-3.9.3-1]. Retained messages matching a granted filter are sent
  * after the SUBACK, with RETAIN=1 [MQTT-3.3.1-6] [MQTT-3.3.1-8], also when
  * the subscription only replaced an existing one [MQTT-3.8.4-3]. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,20 +40,76 @@ static void filter_copy(char *out, const struct mqtt_str *f)
     out[f->len] = '\0';
 }
 
+static uint8_t refuse(struct session *s, const char *filter, uint64_t *counter, const char *why)
+{
+    (*counter)++;
+    log_notice("%s: SUBSCRIBE '%s' refused (SUBACK 0x80): %s", s->client_id, filter, why);
+    return MQTT_SUBACK_FAILURE;
+}
+
+void broker_wildcards_adjust(struct broker *b, const char *filter, int delta)
+{
+    size_t len = strlen(filter);
+    if (b->cfg.naming_mode != NAMING_MANAGED || !topic_filter_has_wildcard(filter, len))
+        return;
+    int parent = naming_find_parent(&b->cfg.naming, filter, len);
+    if (parent >= 0)
+        b->wildcards_per_parent[parent] += (uint32_t)delta;
+}
+
+/* The limits on one filter; MQTT_SUBACK_FAILURE or the granted QoS. */
+static uint8_t subscribe_check(struct conn *c, const char *filter, uint8_t qos)
+{
+    struct broker *b = c->b;
+    struct session *s = c->session;
+    struct broker_stats *st = &b->stats;
+    const struct broker_limits *lim = &b->cfg.limits;
+    size_t len = strlen(filter);
+    char why[192];
+    if (!topic_filter_valid(filter, len))
+        return refuse(s, filter, &st->subscribe_bad_filter, "invalid filter [MQTT-4.7.1]");
+    bool managed = b->cfg.naming_mode == NAMING_MANAGED;
+    int parent = -1;
+    bool wildcard = false;
+    if (managed && naming_check_filter(&b->cfg.naming, filter, len, &parent, &wildcard, why,
+                                       sizeof why) < 0)
+        return refuse(s, filter, &st->subscribe_bad_filter, why);
+    if (managed && qos == 2 && !s->clean_session)
+        return refuse(s, filter, &st->subscribe_qos2_persistent,
+                      "QoS 2 is not supported with cleanSession=0");
+    if (session_sub_find(s, filter))
+        return qos; /* replacing an existing subscription adds nothing */
+    if (lim->max_subscriptions_per_client && s->sub_count >= lim->max_subscriptions_per_client) {
+        snprintf(why, sizeof why, "client holds %u subscriptions (max_subscriptions_per_client)",
+                 s->sub_count);
+        return refuse(s, filter, &st->subscribe_too_many, why);
+    }
+    if (wildcard && lim->max_wildcard_subscriptions_per_parent &&
+        b->wildcards_per_parent[parent] >= lim->max_wildcard_subscriptions_per_parent) {
+        snprintf(why, sizeof why,
+                 "parent topic %s has %u wildcard subscriptions "
+                 "(max_wildcard_subscriptions_per_parent)",
+                 b->cfg.naming.parent_topics[parent], b->wildcards_per_parent[parent]);
+        return refuse(s, filter, &st->subscribe_wildcard_limit, why);
+    }
+    return qos;
+}
+
 static uint8_t subscribe_one(struct conn *c, const char *filter, uint8_t qos)
 {
     struct broker *b = c->b;
     struct session *s = c->session;
-    if (!topic_filter_valid(filter, strlen(filter))) {
-        log_info("%s: SUBSCRIBE '%s' refused: invalid filter [MQTT-4.7.1]", s->client_id, filter);
+    if (subscribe_check(c, filter, qos) == MQTT_SUBACK_FAILURE)
         return MQTT_SUBACK_FAILURE;
-    }
-    if (session_sub_set(s, filter, qos) < 0 ||
-        topic_tree_subscribe(b->topics, filter, s, qos) < 0) {
-        session_sub_del(s, filter);
+    int added = session_sub_set(s, filter, qos);
+    if (added < 0 || topic_tree_subscribe(b->topics, filter, s, qos) < 0) {
+        if (added > 0)
+            session_sub_del(s, filter);
         log_error("%s: SUBSCRIBE '%s' refused: out of memory", s->client_id, filter);
         return MQTT_SUBACK_FAILURE;
     }
+    if (added > 0)
+        broker_wildcards_adjust(b, filter, +1);
     if (!s->clean_session && b->store)
         store_sub_put(b->store, s->client_id, filter, qos);
     log_debug("%s: subscribed '%s' qos=%u", s->client_id, filter, qos);
@@ -103,6 +160,7 @@ int handle_unsubscribe(struct conn *c, const struct mqtt_subscribe *p)
         if (session_sub_del(s, filter) != 0)
             continue; /* [MQTT-3.10.4-5] UNSUBACK even when nothing matched */
         topic_tree_unsubscribe(b->topics, filter, s);
+        broker_wildcards_adjust(b, filter, -1);
         if (!s->clean_session && b->store)
             store_sub_del(b->store, s->client_id, filter);
         log_debug("%s: unsubscribed '%s'", s->client_id, filter);

@@ -197,8 +197,10 @@ struct session *broker_session_create(struct broker *b, const char *client_id, b
 
 void broker_session_destroy(struct broker *b, struct session *s)
 {
-    for (uint32_t i = 0; i < s->sub_count; i++)
+    for (uint32_t i = 0; i < s->sub_count; i++) {
         topic_tree_unsubscribe(b->topics, s->subs[i].filter, s);
+        broker_wildcards_adjust(b, s->subs[i].filter, -1);
+    }
     if (!s->clean_session) {
         offline_unlink_list(b, &s->inflight);
         offline_unlink_list(b, &s->queue);
@@ -230,8 +232,11 @@ static int load_sub(void *ctx, const char *client_id, const char *filter, uint8_
     struct session *s = loaded_session(b, client_id);
     if (!s)
         return 0;
-    if (session_sub_set(s, filter, qos) < 0 || topic_tree_subscribe(b->topics, filter, s, qos) < 0)
+    int added = session_sub_set(s, filter, qos);
+    if (added < 0 || topic_tree_subscribe(b->topics, filter, s, qos) < 0)
         return -1;
+    if (added > 0)
+        broker_wildcards_adjust(b, filter, +1);
     return 0;
 }
 

@@ -144,7 +144,7 @@ static const struct {
     {"PUBACK flags 1 [MQTT-2.2.2-2]", true, "41 02 0001", true},
     {"PUBREC flags 2 [MQTT-2.2.2-2]", true, "52 02 0001", true},
     {"PINGREQ flags 1 [MQTT-2.2.2-2]", true, "c1 00", true},
-    {"PUBACK remaining length 3", true, "40 03 0001 00", false},
+    {"PUBACK remaining length 3", true, "40 03 0001 00", true},
 };
 
 START_TEST(test_malformed_closes_only_that_connection)

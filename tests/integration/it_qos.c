@@ -238,6 +238,10 @@ START_TEST(test_qos2_exactly_once_dup_publish)
     ck_assert(it_client_wait_msgs(&sub, 2, IT_WAIT_MS));
     ck_assert(it_client_quiet(&sub, 2, IT_QUIET_MS));
     ck_assert_str_eq(it_client_msg(&sub, 1).payload, "again");
+
+    /* [MQTT-4.3.3-2] a PUBREL is answered by PUBCOMP, known id or not */
+    ck_assert_int_eq(it_raw_ack(&pub, MQTT_PUBREL, 99), 0);
+    it_raw_expect_ack(&pub, MQTT_PUBCOMP, 99);
     it_raw_close(&pub);
     it_client_close(&sub);
     it_broker_cleanup(&b);

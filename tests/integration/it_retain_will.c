@@ -82,20 +82,20 @@ START_TEST(test_retained_set_replace_clear)
 }
 END_TEST
 
-/* Count the messages of c among [from, to) whose payload is p with
- * RETAIN=1. */
-static int count_retained(struct it_client *c, size_t from, size_t to, const char *p)
+/* Count the messages of c among [from, to) with payload p, RETAIN=1 and
+ * QoS qos. */
+static int count_retained(struct it_client *c, size_t from, size_t to, const char *p, int qos)
 {
     int n = 0;
     for (size_t i = from; i < to; i++) {
         struct it_msg m = it_client_msg(c, i);
-        n += m.retain && strcmp(m.payload, p) == 0;
+        n += m.retain && m.qos == qos && strcmp(m.payload, p) == 0;
     }
     return n;
 }
 
-/* Retained messages survive SIGTERM + restart, and wildcard subscriptions
- * receive every matching one. */
+/* Retained messages survive SIGTERM + restart, wildcard subscriptions
+ * receive every matching one, each at min(its QoS, the subscription's). */
 START_TEST(test_retained_survive_restart)
 {
     struct it_broker b;
@@ -105,6 +105,7 @@ START_TEST(test_retained_survive_restart)
     publish_wait(&pub, "retp/x/1", "a", 1, true);
     publish_wait(&pub, "retp/x/2", "b", 1, true);
     publish_wait(&pub, "retp/y", "c", 0, true);
+    publish_wait(&pub, "retp/z", "d", 2, true);
     it_client_close(&pub);
     ck_assert_int_eq(it_broker_stop(&b), 0);
     it_broker_restart(&b);
@@ -113,12 +114,14 @@ START_TEST(test_retained_survive_restart)
     ck_assert_int_eq(it_client_subscribe(&sub, "retp/x/+", 1), 1);
     ck_assert(it_client_wait_msgs(&sub, 2, IT_WAIT_MS));
     ck_assert(it_client_quiet(&sub, 2, IT_QUIET_MS));
-    ck_assert_int_eq(count_retained(&sub, 0, 2, "a"), 1);
-    ck_assert_int_eq(count_retained(&sub, 0, 2, "b"), 1);
+    ck_assert_int_eq(count_retained(&sub, 0, 2, "a", 1), 1);
+    ck_assert_int_eq(count_retained(&sub, 0, 2, "b", 1), 1);
     ck_assert_int_eq(it_client_subscribe(&sub, "retp/#", 1), 1);
-    ck_assert(it_client_wait_msgs(&sub, 5, IT_WAIT_MS));
-    ck_assert(it_client_quiet(&sub, 5, IT_QUIET_MS));
-    ck_assert_int_eq(count_retained(&sub, 2, 5, "c"), 1);
+    ck_assert(it_client_wait_msgs(&sub, 6, IT_WAIT_MS));
+    ck_assert(it_client_quiet(&sub, 6, IT_QUIET_MS));
+    ck_assert_int_eq(count_retained(&sub, 2, 6, "a", 1), 1);
+    ck_assert_int_eq(count_retained(&sub, 2, 6, "c", 0), 1);
+    ck_assert_int_eq(count_retained(&sub, 2, 6, "d", 1), 1);
     it_client_close(&sub);
     it_broker_cleanup(&b);
 }
@@ -173,6 +176,35 @@ START_TEST(test_will_on_keepalive_timeout)
 }
 END_TEST
 
+/* [MQTT-3.1.2-8] the broker closing the connection for a protocol error
+ * publishes the will; a DISCONNECT with reserved flags set is such an
+ * error [MQTT-3.14.1-1], not a clean goodbye. */
+static const struct {
+    const char *name;
+    const char *hex;
+} will_error_cases[] = {
+    {"PUBLISH QoS 3", "36 08 0003 612f62 0001 78"},
+    {"DISCONNECT with flags 1", "e1 00"},
+};
+
+START_TEST(test_will_on_protocol_error)
+{
+    for (size_t i = 0; i < sizeof will_error_cases / sizeof will_error_cases[0]; i++) {
+        struct it_broker b;
+        struct it_client sub;
+        struct it_raw r;
+        will_setup(&b, &sub, &r, "will/err", will_error_cases[i].name, 0, false);
+        ck_assert_int_eq(it_raw_send_hex(&r, will_error_cases[i].hex), 0);
+        ck_assert_msg(it_raw_next(&r, NULL, IT_WAIT_MS) == IT_RAW_EOF, "%s: not closed",
+                      will_error_cases[i].name);
+        expect_msg(&sub, 0, "will/err", will_error_cases[i].name, false);
+        it_raw_close(&r);
+        it_client_close(&sub);
+        it_broker_cleanup(&b);
+    }
+}
+END_TEST
+
 /* [MQTT-3.1.2-10] [MQTT-3.14.4-3] DISCONNECT discards the will. A marker
  * published afterwards on the will topic must be the only message. */
 START_TEST(test_no_will_after_disconnect)
@@ -220,6 +252,7 @@ static Suite *retain_will_suite(void)
     tcase_add_test(tc, test_retained_survive_restart);
     tcase_add_test(tc, test_will_on_socket_close);
     tcase_add_test(tc, test_will_on_keepalive_timeout);
+    tcase_add_test(tc, test_will_on_protocol_error);
     tcase_add_test(tc, test_no_will_after_disconnect);
     tcase_add_test(tc, test_will_retain_flag);
     suite_add_tcase(s, tc);

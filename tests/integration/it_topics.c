@@ -137,6 +137,42 @@ START_TEST(test_overlapping_subscriptions_once)
 }
 END_TEST
 
+/* [MQTT-3.8.4-3] subscribing again to the same filter replaces the
+ * subscription (new QoS, still one delivery per message) and re-sends the
+ * retained message. */
+START_TEST(test_resubscribe_replaces)
+{
+    struct it_broker b;
+    it_broker_start(&b, NULL);
+    struct it_client sub, pub;
+    struct it_connect_opts so = {.client_id = "it-resub", .clean = true};
+    struct it_connect_opts po = {.client_id = "it-resub-pub", .clean = true};
+    ck_assert_int_eq(it_client_open(&pub, b.port, &po), 0);
+    ck_assert_int_eq(it_client_publish(&pub, "resub/t", "kept", 1, true), 0);
+    ck_assert(it_client_wait_published(&pub, 1, IT_WAIT_MS));
+    ck_assert_int_eq(it_client_open(&sub, b.port, &so), 0);
+
+    ck_assert_int_eq(it_client_subscribe(&sub, "resub/t", 0), 0);
+    ck_assert(it_client_wait_msgs(&sub, 1, IT_WAIT_MS));
+    ck_assert_int_eq(it_client_msg(&sub, 0).qos, 0);
+    ck_assert_int_eq(it_client_subscribe(&sub, "resub/t", 2), 2);
+    ck_assert(it_client_wait_msgs(&sub, 2, IT_WAIT_MS));
+    struct it_msg again = it_client_msg(&sub, 1);
+    ck_assert_str_eq(again.payload, "kept");
+    ck_assert(again.retain);
+    ck_assert_int_eq(again.qos, 1);
+
+    ck_assert_int_eq(it_client_publish(&pub, "resub/t", "live", 2, false), 0);
+    ck_assert(it_client_wait_msgs(&sub, 3, IT_WAIT_MS));
+    ck_assert_msg(it_client_quiet(&sub, 3, IT_QUIET_MS), "two subscriptions after re-SUBSCRIBE");
+    ck_assert_str_eq(it_client_msg(&sub, 2).payload, "live");
+    ck_assert_int_eq(it_client_msg(&sub, 2).qos, 2);
+    it_client_close(&pub);
+    it_client_close(&sub);
+    it_broker_cleanup(&b);
+}
+END_TEST
+
 /* [MQTT-3.8.4-5] one return code per filter: invalid filters get 0x80 and
  * the valid ones of the same SUBSCRIBE are granted and deliver. */
 START_TEST(test_suback_failure_code)
@@ -219,6 +255,7 @@ static Suite *topics_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_wildcards);
     tcase_add_test(tc, test_overlapping_subscriptions_once);
+    tcase_add_test(tc, test_resubscribe_replaces);
     if (!it_mode_mosquitto())
         tcase_add_test(tc, test_suback_failure_code);
     else
