@@ -14,7 +14,6 @@
 #include "../common/log.h"
 #include "broker_internal.h"
 
-
 static int strings_copy(char ***dst, unsigned *dst_count, char *const *src, unsigned count)
 {
     if (!count)
@@ -234,7 +233,10 @@ uint64_t broker_next_message_id(struct broker *b)
     return b->id_last_ms << (ID_NODE_BITS + ID_SEQ_BITS) | b->id_seq;
 }
 
-int64_t broker_message_id_time(uint64_t id) { return (int64_t)(id >> (ID_NODE_BITS + ID_SEQ_BITS)); }
+int64_t broker_message_id_time(uint64_t id)
+{
+    return (int64_t)(id >> (ID_NODE_BITS + ID_SEQ_BITS));
+}
 
 static void on_handle_closed(uv_handle_t *h)
 {
@@ -305,10 +307,25 @@ void broker_log_stats(const struct broker *b)
 {
     struct broker_stats s;
     broker_get_stats(b, &s);
+    /* One line per group, "name=value" pairs: easy to grep and to parse. */
     log_notice("stats: connections=%" PRIu64 " connections_total=%" PRIu64 " sessions=%" PRIu64
-               " subscriptions=%" PRIu64 " retained=%" PRIu64 " received=%" PRIu64 " sent=%" PRIu64
-               " dropped=%" PRIu64 " bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " malformed=%" PRIu64,
-               s.connections_current, s.connections_total, s.sessions, s.subscriptions, s.retained,
+               " subscriptions=%" PRIu64 " retained=%" PRIu64,
+               s.connections_current, s.connections_total, s.sessions, s.subscriptions, s.retained);
+    log_notice("stats: received=%" PRIu64 " sent=%" PRIu64 " dropped=%" PRIu64 " bytes_in=%" PRIu64
+               " bytes_out=%" PRIu64 " malformed=%" PRIu64 " discarded_oversize=%" PRIu64
+               " p2p_no_target=%" PRIu64 " publish_bad_topic=%" PRIu64,
                s.messages_received, s.messages_sent, s.messages_dropped, s.bytes_received,
-               s.bytes_sent, s.malformed_packets);
+               s.bytes_sent, s.malformed_packets, s.discarded_oversize, s.p2p_no_target,
+               s.publish_bad_topic);
+    log_notice("stats: offline_messages=%" PRIu64 " offline_stored=%" PRIu64
+               " offline_expired=%" PRIu64 " offline_evicted=%" PRIu64,
+               s.offline_messages, s.offline_stored, s.offline_expired, s.offline_evicted);
+    log_notice("stats: connect_refused bad_protocol=%" PRIu64 " bad_client_id=%" PRIu64
+               " duplicate=%" PRIu64 " unavailable=%" PRIu64,
+               s.connect_bad_protocol, s.connect_bad_client_id, s.connect_duplicate,
+               s.connect_unavailable);
+    log_notice("stats: subscribe_refused bad_filter=%" PRIu64 " too_many=%" PRIu64
+               " wildcard_limit=%" PRIu64 " qos2_persistent=%" PRIu64,
+               s.subscribe_bad_filter, s.subscribe_too_many, s.subscribe_wildcard_limit,
+               s.subscribe_qos2_persistent);
 }

@@ -94,16 +94,16 @@ struct broker_stats {
     uint64_t offline_expired;  /* older than limits.offline_message_ttl */
     uint64_t offline_evicted;  /* oldest removed past limits.max_offline_messages */
     /* refusals, by reason */
-    uint64_t discarded_oversize;     /* payload over limits.max_message_size */
-    uint64_t p2p_no_target;          /* P2P to a client with no session */
-    uint64_t publish_bad_topic;      /* connection closed: topic breaks the naming rules */
-    uint64_t connect_bad_client_id;  /* CONNACK 0x02 */
-    uint64_t connect_duplicate;      /* CONNACK 0x02, on_duplicate_client_id: reject */
-    uint64_t connect_unavailable;    /* CONNACK 0x03 */
-    uint64_t connect_bad_protocol;   /* CONNACK 0x01 */
-    uint64_t subscribe_bad_filter;   /* SUBACK 0x80: invalid or outside parent topics */
-    uint64_t subscribe_too_many;     /* SUBACK 0x80: max_subscriptions_per_client */
-    uint64_t subscribe_wildcard_limit; /* SUBACK 0x80: wildcard limit per parent topic */
+    uint64_t discarded_oversize;        /* payload over limits.max_message_size */
+    uint64_t p2p_no_target;             /* P2P to a client with no session */
+    uint64_t publish_bad_topic;         /* connection closed: topic breaks the naming rules */
+    uint64_t connect_bad_client_id;     /* CONNACK 0x02 */
+    uint64_t connect_duplicate;         /* CONNACK 0x02, on_duplicate_client_id: reject */
+    uint64_t connect_unavailable;       /* CONNACK 0x03 */
+    uint64_t connect_bad_protocol;      /* CONNACK 0x01 */
+    uint64_t subscribe_bad_filter;      /* SUBACK 0x80: invalid or outside parent topics */
+    uint64_t subscribe_too_many;        /* SUBACK 0x80: max_subscriptions_per_client */
+    uint64_t subscribe_wildcard_limit;  /* SUBACK 0x80: wildcard limit per parent topic */
     uint64_t subscribe_qos2_persistent; /* SUBACK 0x80: QoS 2 with cleanSession=0 */
 };
 

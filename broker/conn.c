@@ -46,8 +46,8 @@ static int conn_dispatch(struct conn *c, const uint8_t *data, size_t len)
     int rc = mqtt_decode(data, len, &p);
     if (rc == PKT_ERR_PROTOCOL && c->state == CONN_NEW) {
         /* [MQTT-3.1.2-2] unsupported protocol level: CONNACK 0x01, close */
-        log_notice("%s: connection refused (CONNACK 0x01): unsupported protocol level %u",
-                   c->peer, p.u.connect.protocol_level);
+        log_notice("%s: connection refused (CONNACK 0x01): unsupported protocol level %u", c->peer,
+                   p.u.connect.protocol_level);
         c->b->stats.connect_bad_protocol++;
         mqtt_encode_connack(&c->out, false, MQTT_CONNACK_BAD_PROTOCOL);
         conn_want_flush(c);

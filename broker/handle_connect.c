@@ -43,8 +43,10 @@ static int check_client_id(struct conn *c, const struct mqtt_connect *p, const c
         struct session *s = hmap_get(&b->sessions, id);
         if (s && s->owner) {
             b->stats.connect_duplicate++;
-            snprintf(why, sizeof why, "client id %.80s is connected already "
-                     "(on_duplicate_client_id: reject)", id);
+            snprintf(why, sizeof why,
+                     "client id %.80s is connected already "
+                     "(on_duplicate_client_id: reject)",
+                     id);
             return connack_refuse(c, MQTT_CONNACK_ID_REJECTED, why);
         }
     }

@@ -95,8 +95,8 @@ static int check_topic(struct conn *c, const struct mqtt_publish *p, struct nami
     if (naming_check_topic(&b->cfg.naming, p->topic.p, p->topic.len, nt, why, sizeof why) == 0)
         return 0;
     b->stats.publish_bad_topic++;
-    log_notice("%s %s: PUBLISH refused, closing the connection: %s", c->peer,
-               c->session->client_id, why);
+    log_notice("%s %s: PUBLISH refused, closing the connection: %s", c->peer, c->session->client_id,
+               why);
     return -1;
 }
 

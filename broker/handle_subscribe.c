@@ -71,8 +71,8 @@ static uint8_t subscribe_check(struct conn *c, const char *filter, uint8_t qos)
     bool managed = b->cfg.naming_mode == NAMING_MANAGED;
     int parent = -1;
     bool wildcard = false;
-    if (managed && naming_check_filter(&b->cfg.naming, filter, len, &parent, &wildcard, why,
-                                       sizeof why) < 0)
+    if (managed &&
+        naming_check_filter(&b->cfg.naming, filter, len, &parent, &wildcard, why, sizeof why) < 0)
         return refuse(s, filter, &st->subscribe_bad_filter, why);
     if (managed && qos == 2 && !s->clean_session)
         return refuse(s, filter, &st->subscribe_qos2_persistent,

@@ -249,8 +249,8 @@ static int load_out(void *ctx, const char *client_id, uint64_t seq, struct messa
     message_unref(m);
     if (rc == 0 && s) {
         /* the restored entry is the tail of one of the two lists */
-        struct out_msg *om = s->queue.tail && s->queue.tail->seq == seq ? s->queue.tail
-                                                                         : s->inflight.tail;
+        struct out_msg *om =
+            s->queue.tail && s->queue.tail->seq == seq ? s->queue.tail : s->inflight.tail;
         if (om && om->seq == seq && om->qos > 0)
             offline_append(b, om);
     }

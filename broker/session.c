@@ -59,7 +59,7 @@ static void ops_removed(struct session *s, const struct out_msg *om)
 
 /* Takes a reference on m. The entry starts OUT_QUEUED without a packet id. */
 static struct out_msg *out_msg_new(struct session *s, struct message *m, uint64_t seq, uint8_t qos,
-                                  bool retain)
+                                   bool retain)
 {
     struct out_msg *om = calloc(1, sizeof *om);
     if (!om)

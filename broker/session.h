@@ -43,12 +43,12 @@ struct out_msg {
      * (persist.c); session.c never touches these two. */
     struct out_msg *gprev, *gnext;
     struct session *session; /* the session holding this entry */
-    struct message *msg; /* one reference held */
-    uint64_t seq;        /* increasing per session; the store's key */
-    uint16_t packet_id;  /* 0 while OUT_QUEUED or for QoS 0 */
-    uint8_t qos;         /* delivered QoS = min(published, granted) */
-    uint8_t state;       /* enum out_state */
-    bool retain;         /* RETAIN flag to send (retained-on-subscribe only) */
+    struct message *msg;     /* one reference held */
+    uint64_t seq;            /* increasing per session; the store's key */
+    uint16_t packet_id;      /* 0 while OUT_QUEUED or for QoS 0 */
+    uint8_t qos;             /* delivered QoS = min(published, granted) */
+    uint8_t state;           /* enum out_state */
+    bool retain;             /* RETAIN flag to send (retained-on-subscribe only) */
 };
 
 struct out_list {

@@ -170,15 +170,16 @@ static void it_write_mqbridge_conf(FILE *f, const struct it_broker *b)
 {
     const struct it_broker_opts *o = &b->opts;
     fprintf(f,
-            "instance: { naming: mqtt }\n"
+            "instance: %s\n"
             "listeners:\n"
             "  - { host: 127.0.0.1, port: %u }\n"
             "storage: { path: %s/store, sync: normal }\n"
             "limits: { max_inflight: %u, max_queued: %u, max_packet_size: %lu,"
-            " max_connections: %u, max_keepalive: 0, max_message_size: 268435455 }\n"
+            " max_connections: %u, max_keepalive: 0, %s }\n"
             "log: { level: debug }\n",
-            b->port, b->dir, o->max_inflight, o->max_queued, o->max_packet_size,
-            o->max_connections);
+            o->instance_yaml ? o->instance_yaml : "{ naming: mqtt }", b->port, b->dir,
+            o->max_inflight, o->max_queued, o->max_packet_size, o->max_connections,
+            o->limits_yaml ? o->limits_yaml : "max_message_size: 268435455");
 }
 
 static void it_write_mosquitto_conf(FILE *f, const struct it_broker *b)
@@ -347,7 +348,11 @@ void it_broker_cleanup(struct it_broker *b)
 {
     if (!b)
         return;
-    it_broker_kill9(b);
+    /* Every test ends with a graceful stop: a crash or a sanitizer report
+     * at shutdown fails the test that caused it (the reaper then shows
+     * the log and removes the folder). */
+    int st = b->pid > 0 ? it_broker_stop(b) : 0;
+    ck_assert_msg(st == 0, "%s exited with status %d on SIGTERM", it_broker_name(), st);
     it_tmpdir_remove(b->dir);
 }
 

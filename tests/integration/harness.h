@@ -68,6 +68,11 @@ struct it_broker_opts {
     unsigned max_queued;
     unsigned max_connections;
     unsigned long max_packet_size;
+    /* mqbridge only: the YAML flow mapping of the `instance` section
+     * (default "{ naming: mqtt }"), and extra `limits` keys appended inside
+     * the limits mapping, e.g. "max_subscriptions_per_client: 3". */
+    const char *instance_yaml;
+    const char *limits_yaml;
 };
 
 struct it_broker {
@@ -100,7 +105,8 @@ void it_broker_restart(struct it_broker *b);
 int it_broker_stop(struct it_broker *b);
 /* SIGKILL and reap. */
 void it_broker_kill9(struct it_broker *b);
-/* Kill if running and remove the folder. Accepts a zeroed struct. */
+/* Stop with SIGTERM if running, failing the test unless the exit status
+ * is 0, and remove the folder. Accepts a zeroed struct. */
 void it_broker_cleanup(struct it_broker *b);
 /* Write the last `lines` lines of the broker log to stderr. */
 void it_broker_print_log(const struct it_broker *b, int lines);

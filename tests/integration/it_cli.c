@@ -17,7 +17,6 @@ static void write_config(const char *path, const char *dir, uint16_t port)
     char text[512];
     snprintf(text, sizeof text,
              "instance: { naming: mqtt }\n"
-             "instance: { naming: mqtt }\n"
              "listeners:\n"
              "  - { host: 127.0.0.1, port: %u }\n"
              "storage: { path: %s/store, sync: normal }\n"
