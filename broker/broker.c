@@ -62,6 +62,8 @@ struct broker *broker_new(uv_loop_t *loop, const struct broker_config *cfg,
     }
     b->loop = loop;
     b->lock_fd = -1;
+    if (uv_random(NULL, NULL, &b->channel_nonce, sizeof b->channel_nonce, 0, NULL) < 0)
+        b->channel_nonce = (uint64_t)uv_hrtime() ^ (uint64_t)getpid() << 32;
     if (hooks)
         b->hooks = *hooks;
     if (cfg->listener_count == 0 || cfg->listener_count > BROKER_MAX_LISTENERS) {
@@ -293,6 +295,30 @@ void broker_free(struct broker *b)
     free(b->wildcards_per_parent);
     broker_config_free(&b->cfg);
     free(b);
+}
+
+const char *client_event_name(enum client_event_type t)
+{
+    static const char *const names[] = { "connect", "disconnect", "tcpclean" };
+    return (unsigned)t < 3 ? names[t] : "unknown";
+}
+
+void broker_client_event(struct broker *b, const struct conn *c, enum client_event_type type)
+{
+    if (!b->hooks.on_client_event || !c->session)
+        return;
+    char channel[33];
+    snprintf(channel, sizeof channel, "%016" PRIx64 "%016" PRIx64, b->channel_nonce, c->channel);
+    uint64_t seq = broker_next_message_id(b);
+    struct client_event ev = {
+        .type = type,
+        .client_id = c->session->client_id,
+        .channel_id = channel,
+        .client_ip = c->peer,
+        .time_ms = broker_message_id_time(seq),
+        .seq = seq,
+    };
+    b->hooks.on_client_event(b->hooks.ctx, &ev);
 }
 
 void broker_get_stats(const struct broker *b, struct broker_stats *out)

@@ -69,11 +69,39 @@ struct broker_config {
 void broker_config_defaults(struct broker_config *cfg);
 void broker_config_free(struct broker_config *cfg);
 
+/* A change of a client's connection, in the order it happened. For one
+ * client: connect; then disconnect (only when it sent DISCONNECT); then
+ * tcpclean when the TCP connection is gone (always, also after disconnect,
+ * on keep-alive timeout, protocol error or takeover; a takeover gives the
+ * old channel's tcpclean before the new channel's connect). */
+enum client_event_type {
+    CLIENT_CONNECT = 0,
+    CLIENT_DISCONNECT = 1,
+    CLIENT_TCPCLEAN = 2,
+};
+
+struct client_event {
+    enum client_event_type type;
+    const char *client_id;
+    const char *channel_id; /* 32 hex digits, unique per TCP connection */
+    const char *client_ip;  /* "ip:port" */
+    int64_t time_ms;        /* epoch ms */
+    uint64_t seq;           /* increasing: a later event has a larger seq */
+};
+
+const char *client_event_name(enum client_event_type t); /* "connect", ... */
+
 /* What the engine is told. Called on the broker loop; must not block. */
 struct broker_hooks {
     void *ctx;
-    /* An accepted PUBLISH, after routing to local subscribers. */
+    /* An accepted PUBLISH, after routing to local subscribers. The message's
+     * QoS 1/2 acknowledgement leaves only after on_flush returned, so what
+     * the hook stores durably before then is covered by the PUBACK. */
     void (*on_message)(void *ctx, const struct message *m, const char *client_id);
+    void (*on_client_event)(void *ctx, const struct client_event *ev);
+    /* Once per loop iteration, after the broker's store committed and before
+     * any packet is written: the engine commits its own durable state. */
+    void (*on_flush)(void *ctx);
 };
 
 struct broker_stats {

@@ -78,6 +78,7 @@ struct broker {
     struct conn *conns;      /* list head */
     struct conn *flush_head; /* connections with pending output */
     uint64_t next_channel;
+    uint64_t channel_nonce; /* random per run: channel ids differ across restarts */
 
     /* Routing scratch: sessions matched by the current publish. */
     struct session **hits;
@@ -130,6 +131,9 @@ void broker_route(struct broker *b, struct message *m, const char *from_client_i
 uint64_t broker_next_message_id(struct broker *b);
 /* The epoch milliseconds an id was made at. */
 int64_t broker_message_id_time(uint64_t id);
+
+/* broker.c: tell the engine about a connection change of c. */
+void broker_client_event(struct broker *b, const struct conn *c, enum client_event_type type);
 
 /* persist.c: session_ops implementation and start-up loading. */
 extern const struct session_ops broker_session_ops;

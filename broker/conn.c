@@ -92,6 +92,7 @@ static int conn_dispatch(struct conn *c, const uint8_t *data, size_t len)
     case MQTT_DISCONNECT:
         /* [MQTT-3.14.4-3] the will is discarded */
         c->clean_disconnect = true;
+        broker_client_event(c->b, c, CLIENT_DISCONNECT);
         conn_close(c, "client sent DISCONNECT", false);
         rc = 0;
         break;
@@ -249,6 +250,8 @@ void conn_close(struct conn *c, const char *reason, bool publish_will)
              c->session ? c->session->client_id : "", reason);
     struct message *will = c->will;
     c->will = NULL;
+    if (was_active)
+        broker_client_event(b, c, CLIENT_TCPCLEAN);
     conn_detach_session(c);
     if (was_active && will && publish_will && !c->clean_disconnect)
         broker_route(b, will, NULL);
@@ -350,6 +353,8 @@ void broker_flush(struct broker *b)
     broker_offline_housekeeping(b);
     if (b->store && store_pending(b->store) && store_commit(b->store) < 0)
         log_error("store commit failed; acknowledgements are sent anyway");
+    if (b->hooks.on_flush)
+        b->hooks.on_flush(b->hooks.ctx);
     while (b->flush_head) {
         struct conn *c = b->flush_head;
         b->flush_head = c->flush_next;

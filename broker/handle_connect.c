@@ -150,6 +150,7 @@ int handle_connect(struct conn *c, const struct mqtt_connect *p)
     /* MQTT 3.1 has no session-present flag: its byte must stay 0 */
     mqtt_encode_connack(&c->out, present && p->protocol_level >= 4, MQTT_CONNACK_ACCEPTED);
     conn_want_flush(c);
+    broker_client_event(b, c, CLIENT_CONNECT);
     session_resume(s); /* [MQTT-4.4.0-1] resend what was unacknowledged */
     return 0;
 }

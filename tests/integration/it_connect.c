@@ -7,6 +7,7 @@
  * Token / DeviceCredential modes). */
 #include <check.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../unit/check_main.h"
@@ -188,6 +189,62 @@ START_TEST(test_malformed_closes_only_that_connection)
 }
 END_TEST
 
+/* The broker reassembles packets however TCP cuts them: a PUBLISH sent in
+ * pieces (the broker must stay silent and open in between), several
+ * packets in one write, answered in order, and a 1 MB payload routed
+ * intact. */
+START_TEST(test_fragmented_and_coalesced_packets)
+{
+    struct it_broker b;
+    it_broker_start(&b, NULL);
+    struct it_raw pub, sub;
+    struct it_connect_opts op = {.client_id = "it-frag", .clean = true};
+    struct it_connect_opts os = {.client_id = "it-frag-sub", .clean = true};
+    ck_assert_int_eq(it_raw_connect(&pub, b.port, &op, NULL), 0);
+    ck_assert_int_eq(it_raw_connect(&sub, b.port, &os, NULL), 0);
+    ck_assert_int_eq(it_raw_sub1(&sub, "frag/t", 1), 1);
+
+    /* PUBLISH QoS 1 "frag/t" id 5 "hi", cut after the first byte, inside
+     * the topic length, inside the topic and before the payload */
+    const char *pieces[] = {"32", "0c 00", "06 6672 6167", "2f74 0005", "6869"};
+    for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
+        ck_assert_int_eq(it_raw_send_hex(&pub, pieces[i]), 0);
+        if (i + 1 < sizeof pieces / sizeof pieces[0])
+            ck_assert_msg(it_raw_next(&pub, NULL, 100) == IT_RAW_TIMEOUT,
+                          "answer or close after piece %zu", i);
+    }
+    it_raw_expect_ack(&pub, MQTT_PUBACK, 5);
+    it_raw_ack(&sub, MQTT_PUBACK, it_raw_expect_publish(&sub, "frag/t", "hi", 1, false));
+
+    /* three PUBLISHes and a PINGREQ in one write */
+    ck_assert_int_eq(it_raw_send_hex(&pub, "32 0b 0006 667261672f74 0006 61 "
+                                           "32 0b 0006 667261672f74 0007 62 "
+                                           "32 0b 0006 667261672f74 0008 63 c0 00"),
+                     0);
+    it_raw_expect_ack(&pub, MQTT_PUBACK, 6);
+    it_raw_expect_ack(&pub, MQTT_PUBACK, 7);
+    it_raw_expect_ack(&pub, MQTT_PUBACK, 8);
+    ck_assert_int_eq(it_raw_next(&pub, NULL, IT_WAIT_MS), MQTT_PINGRESP);
+    const char *abc[] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++)
+        it_raw_ack(&sub, MQTT_PUBACK, it_raw_expect_publish(&sub, "frag/t", abc[i], 1, false));
+
+    enum { BIG = 1 << 20 };
+    char *big = malloc(BIG + 1);
+    ck_assert(big != NULL);
+    for (int i = 0; i < BIG; i++)
+        big[i] = (char)('a' + i % 26);
+    big[BIG] = '\0';
+    ck_assert_int_eq(it_raw_publish(&pub, "frag/t", big, BIG, 1, false, false, 9), 0);
+    it_raw_expect_ack(&pub, MQTT_PUBACK, 9);
+    it_raw_ack(&sub, MQTT_PUBACK, it_raw_expect_publish(&sub, "frag/t", big, 1, false));
+    free(big);
+    it_raw_close(&pub);
+    it_raw_close(&sub);
+    it_broker_cleanup(&b);
+}
+END_TEST
+
 /* max_packet_size 1024: a 500-byte PUBLISH is routed, a 2000-byte one
  * closes that connection without routing it; other clients carry on. */
 START_TEST(test_max_packet_size)
@@ -248,23 +305,31 @@ START_TEST(test_keepalive_timeout_closes)
 }
 END_TEST
 
-/* Keep-alive 1 s, PINGREQ every 0.6 s for 3 s: never closed, and every
- * PINGREQ is answered [MQTT-3.12.4-1]. */
-START_TEST(test_keepalive_pingreq_keeps_alive)
+/* Keep-alive 1 s and a packet every 0.6 s for 3 s: never closed. Any
+ * control packet counts [MQTT-3.1.2-23], a QoS 0 PUBLISH as much as a
+ * PINGREQ, which is answered [MQTT-3.12.4-1]. */
+START_TEST(test_keepalive_traffic_keeps_alive)
 {
     struct it_broker b;
     it_broker_start(&b, NULL);
-    struct it_raw r;
-    struct it_connect_opts o = {.client_id = "it-ka-ping", .clean = true, .keep_alive = 1};
-    ck_assert_int_eq(it_raw_connect(&r, b.port, &o, NULL), 0);
-    for (int i = 0; i < 5; i++) {
-        /* the window doubles as the assertion that nothing closes us */
-        ck_assert_int_eq(it_raw_next(&r, NULL, 600), IT_RAW_TIMEOUT);
-        ck_assert_int_eq(it_raw_pingreq(&r), 0);
-        ck_assert_int_eq(it_raw_next(&r, NULL, 1000), MQTT_PINGRESP);
+    for (int with_ping = 1; with_ping >= 0; with_ping--) {
+        struct it_raw r;
+        struct it_connect_opts o = {.client_id = "it-ka-busy", .clean = true, .keep_alive = 1};
+        ck_assert_int_eq(it_raw_connect(&r, b.port, &o, NULL), 0);
+        for (int i = 0; i < 5; i++) {
+            /* the window doubles as the assertion that nothing closes us */
+            ck_assert_msg(it_raw_next(&r, NULL, 600) == IT_RAW_TIMEOUT,
+                          "%s: closed or answered in round %d", with_ping ? "PINGREQ" : "PUBLISH",
+                          i);
+            if (with_ping) {
+                ck_assert_int_eq(it_raw_pingreq(&r), 0);
+                ck_assert_int_eq(it_raw_next(&r, NULL, 1000), MQTT_PINGRESP);
+            } else {
+                ck_assert_int_eq(it_raw_publish(&r, "ka/t", "x", 1, 0, false, false, 0), 0);
+            }
+        }
+        ck_assert_int_eq(it_raw_leave(&r), 0);
     }
-    it_raw_disconnect(&r);
-    it_raw_close(&r);
     it_broker_cleanup(&b);
 }
 END_TEST
@@ -281,8 +346,9 @@ static Suite *connect_suite(void)
         it_note_skip("test_max_connections", "mosquitto closes without CONNACK 0x03");
     tcase_add_test(tc, test_malformed_closes_only_that_connection);
     tcase_add_test(tc, test_max_packet_size);
+    tcase_add_test(tc, test_fragmented_and_coalesced_packets);
     tcase_add_test(tc, test_keepalive_timeout_closes);
-    tcase_add_test(tc, test_keepalive_pingreq_keeps_alive);
+    tcase_add_test(tc, test_keepalive_traffic_keeps_alive);
     suite_add_tcase(s, tc);
     return s;
 }

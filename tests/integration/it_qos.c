@@ -293,6 +293,84 @@ START_TEST(test_order_qos0)
 }
 END_TEST
 
+/* Publish "0".."n-1" (from first) on topic at qos without waiting. */
+static void publish_numbered(struct it_client *pub, const char *topic, int first, int n, int qos)
+{
+    for (int i = first; i < first + n; i++) {
+        char payload[32];
+        snprintf(payload, sizeof payload, "%d", i);
+        ck_assert_int_eq(it_client_publish(pub, topic, payload, qos, false), 0);
+    }
+}
+
+/* A persistent subscriber comes back while its offline queue drains and
+ * new messages keep coming: all 400 arrive, in order [MQTT-4.6.0-6]. */
+START_TEST(test_order_offline_then_live)
+{
+    struct it_broker b;
+    it_broker_start(&b, NULL);
+    struct it_client sub, pub;
+    client_connect(&sub, b.port, "it-ofl", false);
+    ck_assert_int_eq(it_client_subscribe(&sub, "ofl/t", 1), 1);
+    it_client_close(&sub);
+    client_connect(&pub, b.port, "it-ofl-pub", true);
+    publish_numbered(&pub, "ofl/t", 0, 200, 1);
+    ck_assert(it_client_wait_published(&pub, 200, IT_WAIT_MS));
+
+    client_connect(&sub, b.port, "it-ofl", false);
+    ck_assert(sub.session_present);
+    publish_numbered(&pub, "ofl/t", 200, 200, 1); /* races the queue drain */
+    ck_assert_msg(it_client_wait_msgs(&sub, 400, 20000), "%zu of 400 received",
+                  it_client_count(&sub));
+    for (int i = 0; i < 400; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "%d", i);
+        ck_assert_msg(strcmp(it_client_msg(&sub, (size_t)i).payload, want) == 0,
+                      "message %d is '%s'", i, it_client_msg(&sub, (size_t)i).payload);
+    }
+    ck_assert(it_client_quiet(&sub, 400, IT_QUIET_MS));
+    it_client_close(&pub);
+    it_client_close(&sub);
+    it_broker_cleanup(&b);
+}
+END_TEST
+
+/* max_inflight 2, persistent subscriber leaves with 2 unacknowledged and 3
+ * queued: on return the 2 come again first (DUP=1, same ids), then the 3
+ * queued, in publish order. */
+START_TEST(test_redelivery_before_queue)
+{
+    struct it_broker b;
+    struct it_broker_opts opts = {.max_inflight = 2};
+    it_broker_start(&b, &opts);
+    struct it_raw sub;
+    struct it_client pub;
+    it_raw_connect_ok(&sub, b.port, "it-rdq", false, false);
+    ck_assert_int_eq(it_raw_sub1(&sub, "rdq/t", 1), 1);
+    client_connect(&pub, b.port, "it-rdq-pub", true);
+    publish_numbered(&pub, "rdq/t", 0, 5, 1);
+    ck_assert(it_client_wait_published(&pub, 5, IT_WAIT_MS));
+    uint16_t p0 = it_raw_expect_publish(&sub, "rdq/t", "0", 1, false);
+    uint16_t p1 = it_raw_expect_publish(&sub, "rdq/t", "1", 1, false);
+    ck_assert_int_eq(it_raw_leave(&sub), 0);
+
+    it_raw_connect_ok(&sub, b.port, "it-rdq", false, true);
+    ck_assert_uint_eq(it_raw_expect_publish(&sub, "rdq/t", "0", 1, true), p0);
+    ck_assert_uint_eq(it_raw_expect_publish(&sub, "rdq/t", "1", 1, true), p1);
+    ck_assert_int_eq(it_raw_ack(&sub, MQTT_PUBACK, p0), 0);
+    ck_assert_int_eq(it_raw_ack(&sub, MQTT_PUBACK, p1), 0);
+    const char *rest[] = {"2", "3", "4"};
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(
+            it_raw_ack(&sub, MQTT_PUBACK, it_raw_expect_publish(&sub, "rdq/t", rest[i], 1, false)),
+            0);
+    ck_assert_int_eq(it_raw_next(&sub, NULL, IT_QUIET_MS), IT_RAW_TIMEOUT);
+    it_raw_close(&sub);
+    it_client_close(&pub);
+    it_broker_cleanup(&b);
+}
+END_TEST
+
 static Suite *qos_suite(void)
 {
     Suite *s = suite_create("it_qos");
@@ -306,6 +384,8 @@ static Suite *qos_suite(void)
     tcase_add_test(tc, test_qos2_exactly_once_dup_publish);
     tcase_add_test(tc, test_order_qos1);
     tcase_add_test(tc, test_order_qos0);
+    tcase_add_test(tc, test_order_offline_then_live);
+    tcase_add_test(tc, test_redelivery_before_queue);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -9,9 +9,9 @@
 #include "../unit/check_main.h"
 #include "harness.h"
 
-/* Topics published once each, payload = topic. */
-static const char *const wild_topics[] = {"a", "a/b", "a/b/c",  "/x",
-                                          "x", "b/x", "$foo/x", "$SYS/x"};
+/* Topics published once each, payload = topic ("a/été": UTF-8 levels). */
+static const char *const wild_topics[] = {"a",   "a/b",   "a/b/c",  "/x",    "x",
+                                          "b/x", "a/été", "$foo/x", "$SYS/x"};
 
 /* [MQTT-4.7.1-1..3] [MQTT-4.7.2-1]: which of wild_topics each filter gets,
  * as a space-separated list. */
@@ -19,17 +19,18 @@ static const struct {
     const char *filter;
     const char *match;
 } wild_cases[] = {
-    {"a/+", "a/b"},
-    {"a/#", "a a/b a/b/c"},
+    {"a/+", "a/b a/été"},
+    {"a/#", "a a/b a/b/c a/été"},
     {"+", "a x"},
     {"+/x", "/x b/x"},
-    {"#", "a a/b a/b/c /x x b/x"},
-    {"+/+", "a/b /x b/x"},
+    {"#", "a a/b a/b/c /x x b/x a/été"},
+    {"+/+", "a/b /x b/x a/été"},
     {"/+", "/x"},
-    {"+/#", "a a/b a/b/c /x x b/x"},
+    {"+/#", "a a/b a/b/c /x x b/x a/été"},
     {"$foo/#", "$foo/x"},
     {"$foo/+", "$foo/x"},
     {"a/b/c", "a/b/c"},
+    {"a/été", "a/été"},
 };
 enum { WILD_N = sizeof wild_cases / sizeof wild_cases[0] };
 

@@ -1,0 +1,100 @@
+/* The connector interface: one external system (Kafka, Redis, PostgreSQL,
+ * SQLite) behind one table of functions. Each connector file keeps
+ * everything static except its `const struct connector_ops xxx_connector`
+ * (registry.c lists them). Connector settings and rule options are declared
+ * as data (struct kv_key schemas) and checked with kv_check().
+ *
+ * Threads: create/destroy/compile/release run on the engine's main loop
+ * (configuration time, no I/O). open/close/export run on the connector's
+ * own thread, which the engine owns: they may block (network I/O), and the
+ * engine does the retrying (with backoff), the batching and the ordering.
+ *
+ * Delivery contract: export() writes records in order and reports how many
+ * of them, from the first, the sink has durably acknowledged (Kafka
+ * delivery report with acks=all, Redis reply, PostgreSQL commit, SQLite
+ * commit). Records after that prefix are offered again, so sinks must
+ * tolerate a repeat (idempotent writes where the sink allows it: Kafka's
+ * idempotent producer, `ON CONFLICT DO NOTHING` on the message id, ...). */
+#ifndef MQB_CONNECTOR_H
+#define MQB_CONNECTOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/kv.h"
+#include "../rules/rules.h"
+
+enum record_kind { RECORD_MESSAGE = 1, RECORD_STATUS = 2 };
+
+/* One export: an outbound message or a client status event. Created and
+ * freed on the engine's loop; read-only for the connector thread. */
+struct export_record {
+    struct export_record *next; /* the engine's queue link */
+    uint64_t seqno;             /* per-connector order and spool key */
+    enum record_kind kind;
+    const struct rule *rule; /* rule->compiled is this connector's target */
+    uint64_t msg_id;         /* message id; for status: the event's seq */
+    int64_t time_ms;         /* when the message was accepted / the event happened */
+    uint8_t qos;             /* message QoS (0 for status) */
+    const char *client_id;
+    const char *topic;      /* message topic; NULL for status */
+    const uint8_t *payload; /* message payload; for status: the JSON event */
+    uint32_t payload_len;
+    /* status events only (NULL for messages) */
+    const char *event_type; /* "connect" | "disconnect" | "tcpclean" */
+    const char *channel_id; /* 32 hex digits, unique per TCP connection */
+    const char *client_ip;  /* "ip:port" */
+    /* The engine's bookkeeping; connectors neither read nor write these. */
+    void *engine_ref;
+    uint16_t attempts;
+    uint8_t outcome;
+    bool spooled;
+};
+
+enum connector_rc {
+    CONNECTOR_OK = 0,
+    CONNECTOR_RETRY = -1,  /* transient (connection lost, timeout, sink
+                              restarting): the engine reconnects with backoff
+                              and offers recs[acked..] again */
+    CONNECTOR_REJECT = -2, /* recs[acked] is refused for good (e.g. too large
+                              for the sink, constraint violation): the engine
+                              drops it, counted, and goes on with the next */
+};
+
+struct connector; /* each connector's own state */
+
+struct connector_ops {
+    const char *type;             /* "kafka", "redis", "postgres", "sqlite" */
+    const struct kv_key *settings; /* schema of the settings in `connectors:` */
+
+    /* Main loop, configuration time. */
+    int (*create)(const char *name, const struct kvmap *settings, struct connector **out,
+                  char *err, size_t errlen);
+    void (*destroy)(struct connector *c); /* accepts NULL */
+    /* Validate and compile a rule's options (r->options; for inbound rules
+     * also r->target_options) into what export/import need. Errors name
+     * file:line:col via kv_error. */
+    int (*compile)(struct connector *c, const struct rule *r, void **compiled, char *err,
+                   size_t errlen);
+    void (*release)(struct connector *c, void *compiled);
+
+    /* Connector thread. open connects (and creates tables when a rule asks
+     * for it: every compiled target of the current rule set is reachable
+     * through the records, so table creation happens lazily on first use of
+     * a target, or in open for targets passed via prepare below). */
+    int (*open)(struct connector *c, char *err, size_t errlen);
+    void (*close)(struct connector *c);
+    /* Write recs[0..n) in order. Sets *acked to the number acknowledged from
+     * the start, returns CONNECTOR_OK when *acked == n, else RETRY or
+     * REJECT as above, with the reason in err. */
+    int (*export)(struct connector *c, struct export_record *const *recs, size_t n, size_t *acked,
+                  char *err, size_t errlen);
+};
+
+/* registry.c */
+const struct connector_ops *connector_find(const char *type);
+/* "kafka, redis, postgres, sqlite" for messages. */
+const char *connector_types(void);
+
+#endif
