@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/fs.h"
 #include "../common/log.h"
 #include "broker_internal.h"
 
@@ -86,36 +87,12 @@ fail:
     return NULL;
 }
 
-/* mkdir -p */
-static int make_dirs(const char *path, char *err, size_t errlen)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) {
-        snprintf(err, errlen, "storage path too long");
-        return -1;
-    }
-    for (char *p = tmp + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char saved = *p;
-            *p = '\0';
-            if (mkdir(tmp, 0750) < 0 && errno != EEXIST) {
-                snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
-                return -1;
-            }
-            *p = saved;
-            if (!saved)
-                break;
-        }
-    }
-    return 0;
-}
-
 static int open_store(struct broker *b, char *err, size_t errlen)
 {
     const char *dir = b->cfg.storage_dir;
     if (!dir)
         return 0;
-    if (make_dirs(dir, err, errlen) < 0)
+    if (fs_mkdirs(dir, err, errlen) < 0)
         return -1;
     char path[4096];
     snprintf(path, sizeof path, "%s/mqbridge.lock", dir);

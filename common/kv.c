@@ -125,28 +125,38 @@ static const char *kv_quote(const char *s, char *buf)
 
 /* ---- Schema check ------------------------------------------------------ */
 
-/* Edit distance of two short strings (longer ones: SIZE_MAX), for hints. */
+static char kv_lower(char c)
+{
+    return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
+static size_t kv_min(size_t a, size_t b)
+{
+    return a < b ? a : b;
+}
+
+/* Edit distance of two short strings for hints (longer ones: SIZE_MAX):
+ * insertions, deletions, substitutions and swaps of neighbours count one,
+ * case is ignored ("tabel" and "DSN" are one edit from "table", "dsn"). */
 static size_t kv_distance(const char *a, const char *b)
 {
-    size_t la = strlen(a), lb = strlen(b), row[33], diag;
+    size_t la = strlen(a), lb = strlen(b), d[33][33];
     if (la > 32 || lb > 32)
         return SIZE_MAX;
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = i;
     for (size_t j = 0; j <= lb; j++)
-        row[j] = j;
+        d[0][j] = j;
     for (size_t i = 1; i <= la; i++) {
-        diag = row[0];
-        row[0] = i;
         for (size_t j = 1; j <= lb; j++) {
-            size_t best = diag + (a[i - 1] != b[j - 1]);
-            if (row[j] + 1 < best)
-                best = row[j] + 1;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
-            diag = row[j];
-            row[j] = best;
+            size_t cost = kv_lower(a[i - 1]) != kv_lower(b[j - 1]);
+            d[i][j] = kv_min(d[i - 1][j - 1] + cost, kv_min(d[i - 1][j], d[i][j - 1]) + 1);
+            if (i > 1 && j > 1 && kv_lower(a[i - 1]) == kv_lower(b[j - 2]) &&
+                kv_lower(a[i - 2]) == kv_lower(b[j - 1]))
+                d[i][j] = kv_min(d[i][j], d[i - 2][j - 2] + 1);
         }
     }
-    return row[lb];
+    return d[la][lb];
 }
 
 /* The schema entry named key, or NULL. */

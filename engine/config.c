@@ -21,12 +21,27 @@
  * that tie two sections together (instance.parent_topics against
  * limits.max_parent_topics, in whatever order the sections come) are
  * checked once the whole document is read, still naming the offending
- * node's position. */
+ * node's position.
+ *
+ * The rules-engine sections are read here but owned elsewhere: each
+ * connector's settings and each inline rule become a settings tree (struct
+ * kvmap, through rules/yaml.h) whose positions point at cfg->source, for
+ * the exporter and rules_build to check; rule_files stay patterns until
+ * config_gather_rules reads them (the loader itself touches no file but the
+ * instance file):
+ *
+ *   my.yaml:9:3: connectors: 'pg main': expected 1..64 characters of
+ *       A-Z a-z 0-9 _ . -
+ *   my.yaml:9:9: connectors.pg: missing required key 'type'
+ *   my.yaml:14:5: rules[1]: expected a mapping, got 'telemetry'
+ *   my.yaml:20:17: export.retry_max_ms: 100 is less than
+ *       export.retry_initial_ms (200) */
 #include "config.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <glob.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -38,6 +53,7 @@
 #include "../broker/naming.h"
 #include "../common/buf.h"
 #include "../common/hmap.h"
+#include "../rules/yaml.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define CONFIG_MAX_FILE_SIZE (1024 * 1024)
@@ -46,6 +62,8 @@ _Static_assert(sizeof(enum store_sync) == sizeof(int), "enums are stored as int"
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(enum naming_mode) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(enum duplicate_policy) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(((struct export_settings *)0)->overflow) == sizeof(int),
+               "enums are stored as int");
 
 enum cfg_type {
     CFG_SECTION, /* a top-level section, parsed by the entry's own function */
@@ -130,6 +148,31 @@ static const struct cfg_name duplicate_names[] = {
     {"takeover", DUPLICATE_TAKEOVER},
     {"reject", DUPLICATE_REJECT},
     {NULL, 0},
+};
+
+static const struct cfg_name overflow_names[] = {
+    {"drop_oldest", OVERFLOW_DROP_OLDEST},
+    {"drop_newest", OVERFLOW_DROP_NEWEST},
+    {NULL, 0},
+};
+
+/* A rule_files item: a path or glob pattern; whether it matches anything
+ * is seen when config_gather_rules reads the files. */
+static bool rule_file_pattern_valid(const char *s, const char **why)
+{
+    size_t len = strlen(s);
+    if (len >= 1 && len <= 4095)
+        return true;
+    *why = "1..4095 bytes";
+    return false;
+}
+
+static const struct cfg_list rule_file_list = {
+    .item = "rule file pattern",
+    .items = "rule file patterns",
+    .valid = rule_file_pattern_valid,
+    .ignore_case = false,
+    .count_offset = offsetof(struct instance_config, rule_file_count),
 };
 
 static const struct cfg_list parent_topic_list = {
@@ -229,13 +272,40 @@ static const struct cfg_key log_keys[] = {
             "Least severe level written to stderr."),
 };
 
+static const struct cfg_key export_keys[] = {
+    CFG_KEY("memory_queue", CFG_UINT, 0, 1, 100000000, NULL, INST_FIELD(export.memory_queue),
+            "100000",
+            "Records held in memory per connector; past it new records wait in the spool only and "
+            "are loaded back in order as the sink drains."),
+    CFG_KEY("spool_max", CFG_UINT, 0, 1, UINT64_C(1000000000000), NULL,
+            INST_FIELD(export.spool_max), "10000000",
+            "Backlog records per connector kept in the spool; past it `overflow` applies."),
+    CFG_KEY("overflow", CFG_ENUM, 0, 0, 0, overflow_names, INST_FIELD(export.overflow),
+            "drop_oldest",
+            "When the spool is full: drop_oldest deletes the oldest backlog record, drop_newest "
+            "refuses the new one; either is counted as dropped."),
+    CFG_KEY("batch_max", CFG_UINT, 0, 1, 100000, NULL, INST_FIELD(export.batch_max), "1000",
+            "Records handed to a connector in one export call."),
+    CFG_KEY("retry_initial_ms", CFG_UINT, 0, 1, 3600000, NULL, INST_FIELD(export.retry_initial_ms),
+            "200",
+            "First delay before retrying a sink that failed, in ms; doubled on each "
+            "failure."),
+    CFG_KEY("retry_max_ms", CFG_UINT, 0, 1, 86400000, NULL, INST_FIELD(export.retry_max_ms),
+            "30000", "Longest delay between retries, in ms; at least retry_initial_ms."),
+    CFG_KEY("drain_timeout_ms", CFG_UINT, 0, 0, 600000, NULL, INST_FIELD(export.drain_timeout_ms),
+            "5000",
+            "At shutdown, time given to the connectors to export what is queued, in ms; what is "
+            "left stays in the spool for the next start."),
+};
+
 /* ---- Parsing context and messages -------------------------------------- */
 
 struct cfg_ctx {
-    const char *name; /* file name for messages */
+    const char *name; /* file name for messages; kv positions point at it */
     yaml_document_t *doc;
     char *err;
     size_t errlen;
+    size_t kv_items; /* keys converted into connectors and rules so far */
 };
 
 #if defined(__GNUC__)
@@ -792,6 +862,33 @@ static int cfg_parse_mapping(struct cfg_ctx *c, const yaml_node_t *node, const c
     return cfg_check_required(c, path, node, keys, n, seen);
 }
 
+/* ---- Finding nodes ----------------------------------------------------- */
+
+/* The value of key name in a mapping node, or NULL (also for a NULL or
+ * non-mapping node). */
+static const yaml_node_t *cfg_find_value(struct cfg_ctx *c, const yaml_node_t *map,
+                                         const char *name)
+{
+    if (!map || map->type != YAML_MAPPING_NODE)
+        return NULL;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        const yaml_node_t *key = yaml_document_get_node(c->doc, p->key);
+        if (key->type == YAML_SCALAR_NODE && !strcmp((const char *)key->data.scalar.value, name))
+            return yaml_document_get_node(c->doc, p->value);
+    }
+    return NULL;
+}
+
+/* Item i of a sequence node, or NULL. */
+static const yaml_node_t *cfg_item(struct cfg_ctx *c, const yaml_node_t *seq, size_t i)
+{
+    if (!seq || seq->type != YAML_SEQUENCE_NODE ||
+        i >= (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start))
+        return NULL;
+    return yaml_document_get_node(c->doc, seq->data.sequence.items.start[i]);
+}
+
 /* ---- One function per section ------------------------------------------ */
 
 static int config_parse_instance(struct cfg_ctx *c, const yaml_node_t *node, void *cfg)
@@ -868,14 +965,199 @@ static int config_parse_log(struct cfg_ctx *c, const yaml_node_t *node, void *cf
     return cfg_parse_mapping(c, node, "log", log_keys, ARRAY_LEN(log_keys), cfg);
 }
 
-/* The top level. "connectors" and "rules" are reserved for the rules
- * engine and, until it lands, rejected like any unknown section. */
+/* retry_max_ms >= retry_initial_ms, either of which may be a default:
+ * the message points at whichever of the two the section sets. */
+static int config_check_retry(struct cfg_ctx *c, const yaml_node_t *node,
+                              const struct export_settings *e)
+{
+    if (e->retry_max_ms >= e->retry_initial_ms)
+        return 0;
+    const yaml_node_t *max = cfg_find_value(c, node, "retry_max_ms");
+    if (max)
+        return cfg_fail(c, max, "export.retry_max_ms: %u is less than export.retry_initial_ms (%u)",
+                        (unsigned)e->retry_max_ms, (unsigned)e->retry_initial_ms);
+    return cfg_fail(c, cfg_find_value(c, node, "retry_initial_ms"),
+                    "export.retry_initial_ms: %u is greater than export.retry_max_ms (%u)",
+                    (unsigned)e->retry_initial_ms, (unsigned)e->retry_max_ms);
+}
+
+static int config_parse_export(struct cfg_ctx *c, const yaml_node_t *node, void *cfg)
+{
+    if (cfg_parse_mapping(c, node, "export", export_keys, ARRAY_LEN(export_keys), cfg) < 0)
+        return -1;
+    return config_check_retry(c, node, &((struct instance_config *)cfg)->export);
+}
+
+/* ---- Settings trees: connectors and inline rules ------------------------ */
+
+/* Keys in a settings tree, nested ones included. */
+static size_t cfg_kv_count(const struct kvmap *m)
+{
+    size_t n = m->count;
+    for (unsigned i = 0; i < m->count; i++)
+        if (m->items[i].map)
+            n += cfg_kv_count(m->items[i].map);
+    return n;
+}
+
+/* Aliases let a small file expand into many keys; yaml_to_kvmap bounds one
+ * conversion, this bounds their sum over the instance file. */
+static int cfg_charge_kv(struct cfg_ctx *c, const yaml_node_t *node, const char *where, size_t n)
+{
+    c->kv_items += n;
+    if (c->kv_items <= YAML_KV_MAX_ITEMS)
+        return 0;
+    return cfg_fail(c, node, "%s: connectors and rules hold more than %d keys (aliases expanded)",
+                    where, YAML_KV_MAX_ITEMS);
+}
+
+/* A connector name: 1..64 of A-Z a-z 0-9 _ . - */
+static bool connector_name_valid(const char *s, size_t len)
+{
+    static const char allowed[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-";
+    return len >= 1 && len <= 64 && strlen(s) == len && strspn(s, allowed) == len;
+}
+
+/* The name of a connector (a key of `connectors`), or NULL after an error. */
+static const char *config_connector_name(struct cfg_ctx *c, const yaml_node_t *key)
+{
+    char got[96];
+    if (cfg_check_tag(c, "connectors", key) < 0)
+        return NULL;
+    if (key->type != YAML_SCALAR_NODE || cfg_is_null(key)) {
+        cfg_fail(c, key, "connectors: expected a connector name, got %s",
+                 cfg_describe(key, got, sizeof got));
+        return NULL;
+    }
+    if (!connector_name_valid((const char *)key->data.scalar.value, key->data.scalar.length)) {
+        cfg_fail(c, key, "connectors: '%s': expected 1..64 characters of A-Z a-z 0-9 _ . -",
+                 cfg_quote(key->data.scalar.value, key->data.scalar.length, got, sizeof got));
+        return NULL;
+    }
+    return (const char *)key->data.scalar.value;
+}
+
+/* Split a connector's settings tree m into decl: its `type` (a non-empty
+ * string) and the other settings. Takes ownership of m. */
+static int config_connector_split(struct cfg_ctx *c, const char *where, struct kvmap *m,
+                                  struct connector_decl *decl)
+{
+    const struct kv *type = kv_find(m, "type");
+    int rc = -1;
+    if (!type)
+        kv_error(c->err, c->errlen, m, NULL, "%s: missing required key 'type'", where);
+    else if (!type->value || !*type->value)
+        kv_error(c->err, c->errlen, m, type, "%s.type: expected a connector type, got %s", where,
+                 type->value ? "''" : "a mapping");
+    else if (!(decl->type = strdup(type->value)) ||
+             !(decl->settings = kvmap_dup_without(m, "type")))
+        kv_error(c->err, c->errlen, m, NULL, "out of memory");
+    else
+        rc = 0;
+    kvmap_free(m);
+    return rc;
+}
+
+/* One `name: { type: ..., ... }` pair into the zeroed decl. */
+static int config_parse_connector(struct cfg_ctx *c, const yaml_node_t *key,
+                                  const yaml_node_t *value, struct connector_decl *decl)
+{
+    char where[96], got[96];
+    struct kvmap *m = NULL;
+    const char *name = config_connector_name(c, key);
+    if (!name)
+        return -1;
+    snprintf(where, sizeof where, "connectors.%s", name);
+    if (cfg_check_tag(c, where, value) < 0)
+        return -1;
+    if (value->type != YAML_MAPPING_NODE)
+        return cfg_fail(c, value, "%s: expected a mapping of settings, got %s", where,
+                        cfg_describe(value, got, sizeof got));
+    if (!(decl->name = strdup(name)))
+        return cfg_fail(c, key, "out of memory");
+    if (yaml_to_kvmap(c->doc, (yaml_node_t *)value, c->name, &m, c->err, c->errlen) < 0)
+        return -1;
+    if (cfg_charge_kv(c, value, where, cfg_kv_count(m)) < 0) {
+        kvmap_free(m);
+        return -1;
+    }
+    return config_connector_split(c, where, m, decl);
+}
+
+/* A mapping of connector name -> settings; names are unique (exactly). On
+ * failure what was stored stays counted in cfg, for config_free. */
+static int config_parse_connectors(struct cfg_ctx *c, const yaml_node_t *node, void *base)
+{
+    struct instance_config *cfg = base;
+    struct hmap seen = {0};
+    char got[96];
+    int rc = -1;
+    if (cfg_check_tag(c, "connectors", node) < 0)
+        return -1;
+    if (cfg_is_null(node))
+        return 0;
+    if (node->type != YAML_MAPPING_NODE)
+        return cfg_fail(c, node, "connectors: expected a mapping of connector names, got %s",
+                        cfg_describe(node, got, sizeof got));
+    size_t n = (size_t)(node->data.mapping.pairs.top - node->data.mapping.pairs.start);
+    if (n == 0)
+        return 0;
+    if (!(cfg->connectors = calloc(n, sizeof *cfg->connectors)))
+        return cfg_fail(c, node, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const yaml_node_pair_t *p = &node->data.mapping.pairs.start[i];
+        const yaml_node_t *key = yaml_document_get_node(c->doc, p->key);
+        struct connector_decl *decl = &cfg->connectors[i];
+        cfg->connector_count = (unsigned)i + 1;
+        if (config_parse_connector(c, key, yaml_document_get_node(c->doc, p->value), decl) < 0)
+            goto done;
+        if (hmap_get(&seen, decl->name)) {
+            cfg_fail(c, key, "connectors: duplicate connector '%s'", decl->name);
+            goto done;
+        }
+        if (hmap_put(&seen, decl->name, decl) < 0) {
+            cfg_fail(c, key, "out of memory");
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    hmap_free(&seen);
+    return rc;
+}
+
+/* A sequence of mappings, kept as settings trees for rules_build. */
+static int config_parse_rules(struct cfg_ctx *c, const yaml_node_t *node, void *base)
+{
+    struct kvlist *rules = &((struct instance_config *)base)->rules;
+    char got[96];
+    size_t n = 0;
+    if (cfg_check_tag(c, "rules", node) < 0)
+        return -1;
+    if (!cfg_is_null(node) && node->type != YAML_SEQUENCE_NODE)
+        return cfg_fail(c, node, "rules: expected a sequence of rules, got %s",
+                        cfg_describe(node, got, sizeof got));
+    unsigned before = rules->count;
+    if (yaml_to_kvlist(c->doc, (yaml_node_t *)node, c->name, "rules", rules, c->err, c->errlen) < 0)
+        return -1;
+    for (unsigned i = before; i < rules->count; i++)
+        n += 1 + cfg_kv_count(rules->items[i]);
+    return cfg_charge_kv(c, node, "rules", n);
+}
+
+/* The top level. rule_files is a list like instance.groups. */
 static const struct cfg_key root_keys[] = {
     {.name = "instance", .type = CFG_SECTION, .parse = config_parse_instance},
     {.name = "listeners", .type = CFG_SECTION, .parse = config_parse_listeners},
     {.name = "storage", .type = CFG_SECTION, .parse = config_parse_storage},
     {.name = "limits", .type = CFG_SECTION, .parse = config_parse_limits},
     {.name = "log", .type = CFG_SECTION, .parse = config_parse_log},
+    {.name = "connectors", .type = CFG_SECTION, .parse = config_parse_connectors},
+    {.name = "rules", .type = CFG_SECTION, .parse = config_parse_rules},
+    CFG_LIST_KEY("rule_files", &rule_file_list, INST_FIELD(rule_files),
+                 "Rule files: paths or glob patterns, relative to the instance file's directory."),
+    {.name = "export", .type = CFG_SECTION, .parse = config_parse_export},
 };
 
 /* Every key's default, from the tables; the default listener list is one
@@ -885,7 +1167,8 @@ static int config_set_defaults(struct cfg_ctx *c, struct instance_config *cfg)
     if (cfg_apply_defaults(c, instance_keys, ARRAY_LEN(instance_keys), cfg) < 0 ||
         cfg_apply_defaults(c, storage_keys, ARRAY_LEN(storage_keys), cfg) < 0 ||
         cfg_apply_defaults(c, limits_keys, ARRAY_LEN(limits_keys), cfg) < 0 ||
-        cfg_apply_defaults(c, log_keys, ARRAY_LEN(log_keys), cfg) < 0)
+        cfg_apply_defaults(c, log_keys, ARRAY_LEN(log_keys), cfg) < 0 ||
+        cfg_apply_defaults(c, export_keys, ARRAY_LEN(export_keys), cfg) < 0)
         return -1;
     cfg->broker.listener_count = 1;
     return cfg_apply_defaults(c, listener_keys, ARRAY_LEN(listener_keys),
@@ -893,31 +1176,6 @@ static int config_set_defaults(struct cfg_ctx *c, struct instance_config *cfg)
 }
 
 /* ---- Rules across sections -------------------------------------------- */
-
-/* The value of key name in a mapping node, or NULL (also for a NULL or
- * non-mapping node). */
-static const yaml_node_t *cfg_find_value(struct cfg_ctx *c, const yaml_node_t *map,
-                                         const char *name)
-{
-    if (!map || map->type != YAML_MAPPING_NODE)
-        return NULL;
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
-         p++) {
-        const yaml_node_t *key = yaml_document_get_node(c->doc, p->key);
-        if (key->type == YAML_SCALAR_NODE && !strcmp((const char *)key->data.scalar.value, name))
-            return yaml_document_get_node(c->doc, p->value);
-    }
-    return NULL;
-}
-
-/* Item i of a sequence node, or NULL. */
-static const yaml_node_t *cfg_item(struct cfg_ctx *c, const yaml_node_t *seq, size_t i)
-{
-    if (!seq || seq->type != YAML_SEQUENCE_NODE ||
-        i >= (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start))
-        return NULL;
-    return yaml_document_get_node(c->doc, seq->data.sequence.items.start[i]);
-}
 
 /* instance.parent_topics against the limits section, which may come
  * before or after it: at most limits.max_parent_topics of them, and each
@@ -986,8 +1244,11 @@ static int cfg_check_single_document(struct cfg_ctx *c, yaml_parser_t *parser, c
     return rc;
 }
 
-int config_load_string(const char *text, size_t len, const char *name, struct instance_config *out,
-                       char *err, size_t errlen)
+/* The file name and base directory go first: the settings trees of
+ * connectors and rules point at out->source. Takes ownership of base_dir
+ * (freed on failure). */
+static int config_load_text(const char *text, size_t len, const char *name, char *base_dir,
+                            struct instance_config *out, char *err, size_t errlen)
 {
     yaml_parser_t parser;
     yaml_document_t doc;
@@ -1007,8 +1268,17 @@ int config_load_string(const char *text, size_t len, const char *name, struct in
         text = "";
         len = 0;
     }
-    if (!yaml_parser_initialize(&parser))
+    out->base_dir = base_dir;
+    if (!base_dir || !(out->source = strdup(c.name))) {
+        config_free(out);
         return cfg_fail(&c, NULL, "out of memory");
+    }
+    c.name = out->source;
+    if (!yaml_parser_initialize(&parser)) {
+        cfg_fail(&c, NULL, "out of memory");
+        config_free(out);
+        return -1;
+    }
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     if (!yaml_parser_load(&parser, &doc)) {
         cfg_fail_syntax(&c, &parser, text, len);
@@ -1024,10 +1294,6 @@ int config_load_string(const char *text, size_t len, const char *name, struct in
         goto done;
     if (root && cfg_check_single_document(&c, &parser, text, len) < 0)
         goto done;
-    if (!(out->source = strdup(c.name))) {
-        cfg_fail(&c, NULL, "out of memory");
-        goto done;
-    }
     rc = 0;
 done:
     if (parsed)
@@ -1036,6 +1302,25 @@ done:
     if (rc < 0)
         config_free(out);
     return rc;
+}
+
+int config_load_string(const char *text, size_t len, const char *name, struct instance_config *out,
+                       char *err, size_t errlen)
+{
+    return config_load_text(text, len, name, strdup("."), out, err, errlen);
+}
+
+/* The directory part of path, as a heap string (NULL when out of memory):
+ * "a/b.yaml" -> "a", "/b.yaml" -> "/", "b.yaml" -> ".". */
+static char *config_dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return strdup(".");
+    size_t n = (size_t)(slash - path);
+    while (n > 0 && path[n - 1] == '/')
+        n--;
+    return n ? strndup(path, n) : strdup("/");
 }
 
 /* Read the whole file (at most CONFIG_MAX_FILE_SIZE bytes) into b. */
@@ -1081,9 +1366,123 @@ int config_load_file(const char *path, struct instance_config *out, char *err, s
         errlen = sizeof scratch;
     }
     if (config_read_file(path, &b, err, errlen) == 0)
-        rc = config_load_string(b.data ? (const char *)b.data : "", b.len, path, out, err, errlen);
+        rc = config_load_text(b.data ? (const char *)b.data : "", b.len, path, config_dir_of(path),
+                              out, err, errlen);
     buf_free(&b);
     return rc;
+}
+
+/* ---- Gathering the rules --------------------------------------------- */
+
+static bool config_gather_is_glob(const char *pattern)
+{
+    return strpbrk(pattern, "*?[") != NULL;
+}
+
+/* The pattern as a path from the working directory: absolute ones and
+ * those under "." as written, others after base_dir and a '/'. For a glob,
+ * base_dir's own glob characters are escaped so that they match only
+ * themselves. NULL when out of memory. */
+static char *config_gather_path(const char *base_dir, const char *pattern, bool glob_pattern)
+{
+    struct buf b = {0};
+    if (pattern[0] != '/' && strcmp(base_dir, ".") != 0) {
+        for (const char *p = base_dir; *p; p++)
+            if ((glob_pattern && strchr("*?[\\", *p) && buf_append(&b, "\\", 1) < 0) ||
+                buf_append(&b, p, 1) < 0)
+                goto fail;
+        if (base_dir[strlen(base_dir) - 1] != '/' && buf_append(&b, "/", 1) < 0)
+            goto fail;
+    }
+    if (buf_append(&b, pattern, strlen(pattern) + 1) < 0)
+        goto fail;
+    return (char *)b.data;
+fail:
+    buf_free(&b);
+    return NULL;
+}
+
+static int config_gather_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Read every file a glob matches, in byte order of their paths. */
+static int config_gather_glob(const struct instance_config *cfg, unsigned i, const char *path,
+                              struct kvlist *out, struct rules_files *files, char *err,
+                              size_t errlen)
+{
+    glob_t g;
+    int rc = -1;
+    memset(&g, 0, sizeof g);
+    int grc = glob(path, GLOB_MARK | GLOB_NOSORT, NULL, &g);
+    if (grc == GLOB_NOMATCH) {
+        log_notice("%s: rule_files[%u]: '%s' matches no file", cfg->source, i, cfg->rule_files[i]);
+        rc = 0;
+    } else if (grc != 0) {
+        snprintf(err, errlen, "%s: rule_files[%u]: '%s': %s", cfg->source, i, cfg->rule_files[i],
+                 grc == GLOB_NOSPACE ? "out of memory" : "cannot read a directory");
+    } else {
+        qsort(g.gl_pathv, g.gl_pathc, sizeof *g.gl_pathv, config_gather_cmp);
+        size_t k = 0;
+        for (; k < g.gl_pathc; k++) {
+            const char *match = g.gl_pathv[k];
+            if (match[strlen(match) - 1] == '/') /* GLOB_MARK: a directory */
+                continue;
+            if (rules_file_read(match, files, out, err, errlen) < 0)
+                break;
+        }
+        rc = k == g.gl_pathc ? 0 : -1;
+    }
+    globfree(&g);
+    return rc;
+}
+
+/* The rules of the files of rule_files[i]. */
+static int config_gather_pattern(const struct instance_config *cfg, unsigned i, struct kvlist *out,
+                                 struct rules_files *files, char *err, size_t errlen)
+{
+    bool is_glob = config_gather_is_glob(cfg->rule_files[i]);
+    char *path =
+        config_gather_path(cfg->base_dir ? cfg->base_dir : ".", cfg->rule_files[i], is_glob);
+    int rc = -1;
+    if (!path)
+        snprintf(err, errlen, "%s: out of memory", cfg->source);
+    else if (is_glob)
+        rc = config_gather_glob(cfg, i, path, out, files, err, errlen);
+    else
+        rc = rules_file_read(path, files, out, err, errlen);
+    free(path);
+    return rc;
+}
+
+int config_gather_rules(const struct instance_config *cfg, struct kvlist *out,
+                        struct rules_files *files, char *err, size_t errlen)
+{
+    unsigned before = out->count;
+    char scratch[1];
+    if (!err || !errlen) {
+        err = scratch;
+        errlen = sizeof scratch;
+    }
+    err[0] = '\0';
+    for (unsigned i = 0; i < cfg->rules.count; i++) {
+        struct kvmap *m = kvmap_dup(cfg->rules.items[i]);
+        if (!m || kvlist_push(out, m) < 0) {
+            snprintf(err, errlen, "%s: out of memory", cfg->source);
+            goto fail;
+        }
+    }
+    for (unsigned i = 0; i < cfg->rule_file_count; i++)
+        if (config_gather_pattern(cfg, i, out, files, err, errlen) < 0)
+            goto fail;
+    return 0;
+fail:
+    /* Back to the caller's list (kvlist_push tolerates a truncated list). */
+    for (unsigned i = before; i < out->count; i++)
+        kvmap_free(out->items[i]);
+    out->count = before;
+    return -1;
 }
 
 void config_free(struct instance_config *cfg)
@@ -1091,7 +1490,18 @@ void config_free(struct instance_config *cfg)
     if (!cfg)
         return;
     free(cfg->source);
+    free(cfg->base_dir);
     free(cfg->instance_id);
     broker_config_free(&cfg->broker);
+    for (unsigned i = 0; i < cfg->connector_count; i++) {
+        free(cfg->connectors[i].name);
+        free(cfg->connectors[i].type);
+        kvmap_free(cfg->connectors[i].settings);
+    }
+    free(cfg->connectors);
+    kvlist_clear(&cfg->rules);
+    for (unsigned i = 0; i < cfg->rule_file_count; i++)
+        free(cfg->rule_files[i]);
+    free(cfg->rule_files);
     memset(cfg, 0, sizeof *cfg);
 }

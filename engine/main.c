@@ -12,8 +12,12 @@
 #include <uv.h>
 
 #include "../broker/broker.h"
+#include "../common/fs.h"
 #include "../common/log.h"
 #include "config.h"
+#include "export.h"
+
+#define MAX_RULES 100 /* SEMANTICS.md: at most 100 rules per instance */
 
 #ifndef MQB_VERSION
 #define MQB_VERSION "0.0.0"
@@ -31,7 +35,15 @@ struct options {
 
 struct daemon {
     uv_loop_t loop;
+    const struct options *opts;
+    struct instance_config *cfg;
     struct broker *broker;
+    struct exporter *exporter;
+    /* Rule mappings point into the configs and files they were read from;
+     * every config loaded by a reload stays until exit, as do rule files. */
+    struct instance_config **reloaded;
+    unsigned reloaded_count;
+    struct rules_files files;
     uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
     bool stopping;
 };
@@ -150,6 +162,63 @@ static int load_config(const struct options *o, struct instance_config *cfg, cha
     return 0;
 }
 
+static struct export_resources resources_of(const struct instance_config *cfg)
+{
+    const struct broker_config *bc = &cfg->broker;
+    return (struct export_resources){
+        .check_declared = bc->naming_mode == NAMING_MANAGED,
+        .parent_topics = bc->naming.parent_topics,
+        .parent_topic_count = bc->naming.parent_topic_count,
+        .groups = bc->naming.groups,
+        .group_count = bc->naming.group_count,
+        .max_rules = MAX_RULES,
+    };
+}
+
+/* Gather the rules of cfg (inline + rule files) and validate them: only
+ * validate (check), or make them current. */
+static int apply_rules(struct exporter *x, const struct instance_config *cfg,
+                       struct rules_files *files, bool check, char *err, size_t errlen)
+{
+    struct kvlist items = { 0 };
+    struct export_resources res = resources_of(cfg);
+    int rc = config_gather_rules(cfg, &items, files, err, errlen);
+    if (rc == 0)
+        rc = check ? exporter_check_rules(x, &items, &res, err, errlen)
+                   : exporter_set_rules(x, &items, &res, err, errlen);
+    kvlist_clear(&items);
+    return rc;
+}
+
+/* SIGHUP: read the instance file again and swap in its rules (inline and
+ * rule files) when they are all valid. Other sections need a restart. */
+static void reload_rules(struct daemon *d)
+{
+    char err[1024];
+    if (!d->opts->config_path) {
+        log_notice("SIGHUP: the embedded configuration has no files to reload");
+        return;
+    }
+    struct instance_config *cfg = calloc(1, sizeof *cfg);
+    struct instance_config **list =
+        cfg ? realloc(d->reloaded, (d->reloaded_count + 1) * sizeof *list) : NULL;
+    if (!list) {
+        free(cfg);
+        log_error("SIGHUP: out of memory; rules unchanged");
+        return;
+    }
+    d->reloaded = list;
+    if (config_load_file(d->opts->config_path, cfg, err, sizeof err) < 0 ||
+        apply_rules(d->exporter, cfg, &d->files, false, err, sizeof err) < 0) {
+        log_error("SIGHUP: rules not reloaded, the running rules stay: %s", err);
+        config_free(cfg);
+        free(cfg);
+        return;
+    }
+    d->reloaded[d->reloaded_count++] = cfg;
+    log_notice("SIGHUP: rules reloaded from %s", cfg->source);
+}
+
 static void on_stopped(void *arg)
 {
     struct daemon *d = arg;
@@ -173,9 +242,10 @@ static void on_signal(uv_signal_t *h, int signum)
         break;
     case SIGUSR1:
         broker_log_stats(d->broker);
+        exporter_log_stats(d->exporter);
         break;
     case SIGHUP:
-        log_notice("SIGHUP: nothing to reload yet (reserved for rule files)");
+        reload_rules(d);
         break;
     }
 }
@@ -187,33 +257,96 @@ static void signal_watch(struct daemon *d, uv_signal_t *h, int signum)
     uv_signal_start(h, on_signal, signum);
 }
 
-static int run(const struct instance_config *cfg)
+static char *spool_path_of(const struct instance_config *cfg)
 {
-    struct daemon d = {0};
-    char err[512];
+    const char *dir = cfg->broker.storage_dir;
+    if (!dir)
+        return NULL;
+    size_t n = strlen(dir) + sizeof "/export-spool.db";
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/export-spool.db", dir);
+    return p;
+}
+
+/* The exporter: connectors from the config, rules validated. check: an
+ * in-memory spool and validation only. */
+static int exporter_setup(struct daemon *d, bool check, char *err, size_t errlen)
+{
+    const struct instance_config *cfg = d->cfg;
+    char *spool = check ? NULL : spool_path_of(cfg);
+    if (!check && cfg->broker.storage_dir && !spool) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (!check && spool && fs_mkdirs(cfg->broker.storage_dir, err, errlen) < 0) {
+        free(spool);
+        return -1;
+    }
+    int rc = exporter_new(&d->loop, &cfg->export, cfg->connectors, cfg->connector_count, spool,
+                          cfg->broker.sync, &d->exporter, err, errlen);
+    free(spool);
+    if (rc < 0)
+        return -1;
+    return apply_rules(d->exporter, cfg, &d->files, check, err, errlen);
+}
+
+static void daemon_cleanup(struct daemon *d)
+{
+    exporter_free(d->exporter);
+    d->exporter = NULL;
+    broker_free(d->broker);
+    d->broker = NULL;
+    uv_run(&d->loop, UV_RUN_DEFAULT); /* let closed handles finish */
+    uv_loop_close(&d->loop);
+    for (unsigned i = 0; i < d->reloaded_count; i++) {
+        config_free(d->reloaded[i]);
+        free(d->reloaded[i]);
+    }
+    free(d->reloaded);
+    rules_files_clear(&d->files);
+}
+
+static int run(struct daemon *d)
+{
+    char err[1024];
     int rc = 1;
-    uv_loop_init(&d.loop);
-    d.broker = broker_new(&d.loop, &cfg->broker, NULL, err, sizeof err);
-    if (!d.broker || broker_start(d.broker, err, sizeof err) < 0) {
+    const struct broker_hooks hooks = {
+        .ctx = NULL,
+        .on_message = exporter_on_message,
+        .on_client_event = exporter_on_client_event,
+        .on_flush = exporter_on_flush,
+    };
+    if (exporter_setup(d, false, err, sizeof err) < 0 ||
+        exporter_start(d->exporter, err, sizeof err) < 0) {
         log_error("%s", err);
-        if (d.broker) {
-            broker_stop(d.broker, NULL, NULL);
-            uv_run(&d.loop, UV_RUN_DEFAULT);
+        goto done;
+    }
+    struct broker_hooks h = hooks;
+    h.ctx = d->exporter;
+    d->broker = broker_new(&d->loop, &d->cfg->broker, &h, err, sizeof err);
+    if (!d->broker || broker_start(d->broker, err, sizeof err) < 0) {
+        log_error("%s", err);
+        if (d->broker) {
+            broker_stop(d->broker, NULL, NULL);
+            uv_run(&d->loop, UV_RUN_DEFAULT);
         }
         goto done;
     }
-    signal_watch(&d, &d.sig_term, SIGTERM);
-    signal_watch(&d, &d.sig_int, SIGINT);
-    signal_watch(&d, &d.sig_hup, SIGHUP);
-    signal_watch(&d, &d.sig_usr1, SIGUSR1);
-    log_notice("mqbridge %s started (instance %s, config %s)", MQB_VERSION, cfg->instance_id,
-               cfg->source);
-    uv_run(&d.loop, UV_RUN_DEFAULT);
+    signal_watch(d, &d->sig_term, SIGTERM);
+    signal_watch(d, &d->sig_int, SIGINT);
+    signal_watch(d, &d->sig_hup, SIGHUP);
+    signal_watch(d, &d->sig_usr1, SIGUSR1);
+    log_notice("mqbridge %s started (instance %s, config %s)", MQB_VERSION, d->cfg->instance_id,
+               d->cfg->source);
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+    /* The broker is closed: give the sinks their drain time, keep the rest
+     * in the spool for the next start. */
+    exporter_stop(d->exporter);
     log_notice("stopped");
     rc = 0;
 done:
-    broker_free(d.broker);
-    uv_loop_close(&d.loop);
+    daemon_cleanup(d);
     return rc;
 }
 
@@ -231,13 +364,21 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
+    struct daemon d = { .opts = &o, .cfg = &cfg };
+    uv_loop_init(&d.loop);
     if (o.check_only) {
-        printf("%s: configuration is valid\n", cfg.source);
+        /* Connectors and rules too: settings, rule limits, templates. */
+        rc = exporter_setup(&d, true, err, sizeof err);
+        if (rc < 0)
+            fprintf(stderr, "%s\n", err);
+        else
+            printf("%s: configuration is valid\n", cfg.source);
+        daemon_cleanup(&d);
         config_free(&cfg);
-        return 0;
+        return rc < 0 ? 1 : 0;
     }
     log_set_level(cfg.log_level);
-    rc = run(&cfg);
+    rc = run(&d);
     config_free(&cfg);
     return rc;
 }

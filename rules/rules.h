@@ -92,6 +92,10 @@ struct rules_files {
 };
 int rules_file_read(const char *path, struct rules_files *files, struct kvlist *out, char *err,
                     size_t errlen);
+/* The same for text[0..len) already in memory; name stands for the file in
+ * positions and is interned in files. On error out is as it was. */
+int rules_text_read(const char *text, size_t len, const char *name, struct rules_files *files,
+                    struct kvlist *out, char *err, size_t errlen);
 void rules_files_clear(struct rules_files *files);
 
 /* Build and validate a rule set from the rule mappings in items (in order:
@@ -100,8 +104,8 @@ void rules_files_clear(struct rules_files *files);
  * the limits above, and compiles each rule through ctx. On success *out is
  * a new set (free with rules_set_free); on error -1 and nothing leaks.
  * Disabled rules are validated and counted but not indexed. */
-int rules_build(const struct kvlist *items, const struct rules_context *ctx,
-                struct rule_set **out, char *err, size_t errlen);
+int rules_build(const struct kvlist *items, const struct rules_context *ctx, struct rule_set **out,
+                char *err, size_t errlen);
 /* Releases compiled objects through the context given to rules_build (which
  * must still be alive). Accepts NULL. */
 void rules_set_free(struct rule_set *set);

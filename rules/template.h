@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "../common/buf.h"
+#include "../common/kv.h"
 
 struct template;
 
@@ -36,6 +37,13 @@ struct template_input {
 /* 0 and *out, or -1 with the reason in err (no position: the caller adds
  * it). */
 int template_compile(const char *text, struct template **out, char *err, size_t errlen);
+/* The same for a setting (a scalar item of a rule's options), for
+ * connectors' compile: on error -1 with "file:line:col: where: key 'k':
+ * reason" (where may be NULL), e.g.
+ *   rules.yaml:9:7: rule 'x': key 'key': unknown field 'clientId' (fields: ...)
+ * A mapping instead of a scalar is refused. */
+int template_compile_kv(const struct kv *item, const char *where, struct template **out, char *err,
+                        size_t errlen);
 void template_free(struct template *t);
 /* True when rendering needs the payload parsed as JSON. */
 bool template_uses_json(const struct template *t);

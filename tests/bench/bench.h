@@ -40,9 +40,10 @@ struct bench_opts {
     int size;   /* payload bytes, at least BENCH_HEADER_SIZE */
     long count; /* messages per publisher */
     const char *topic;
-    int timeout_s; /* connect phase, and the run from the first publish */
-    int idle;      /* > 0: idle-connection mode with this many clients */
-    int hold_s;    /* idle mode: hold this long; 0 = until stdin EOF */
+    const char *id_prefix; /* client IDs are <id_prefix><pid>-<s|p|i><n> */
+    int timeout_s;         /* connect phase, and the run from the first publish */
+    int idle;              /* > 0: idle-connection mode with this many clients */
+    int hold_s;            /* idle mode: hold this long; 0 = until stdin EOF */
     int threads;
     int inflight; /* QoS 1/2 window per publisher */
     int keepalive;
@@ -159,7 +160,7 @@ struct client {
     enum client_role role;
     enum client_state state;
     int index;              /* publisher or subscriber number */
-    char id[48];            /* MQTT client identifier */
+    char id[80];            /* MQTT client identifier */
     char *topic;            /* publish topic or subscription filter */
     struct mosquitto *mosq; /* engine mosquitto */
     int fd;                 /* engine raw, -1 when closed */
@@ -228,6 +229,10 @@ int engine_mosq_client_init(struct client *c, const struct bench_opts *o);
 void engine_mosq_client_free(struct client *c);
 
 int64_t bench_now_ns(void);
+
+/* Checks the wire codec and the histogram against known values; prints
+ * the failures and returns 0 when all pass (selftest.c). */
+int bench_selftest(void);
 
 /* Runs the benchmark or idle test described by opts, prints the report on
  * stdout, and returns the exit status (0 ok, 1 failed). */

@@ -62,7 +62,7 @@ struct client *client_create(const struct bench_opts *o, enum client_role role, 
     c->index = index;
     c->fd = -1;
     c->next_id = 1;
-    snprintf(c->id, sizeof c->id, "mqbench-%ld-%c%d", (long)getpid(), "spi"[role], index);
+    snprintf(c->id, sizeof c->id, "%s%ld-%c%d", o->id_prefix, (long)getpid(), "spi"[role], index);
     if (client_init_role(c, o) < 0)
         goto fail;
     if (o->engine == ENGINE_MOSQ && engine_mosq_client_init(c, o) < 0)

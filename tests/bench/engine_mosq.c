@@ -101,7 +101,7 @@ void engine_mosq_client_free(struct client *c)
 /* Starts TCP connections (blocking connect to the broker, CONNECT sent
  * without waiting for CONNACK), keeping at most CONNECT_WINDOW unanswered so
  * the broker's listen backlog does not overflow during the 10k idle test. */
-static void worker_connect_more(struct worker *w)
+static void mosq_connect_more(struct worker *w)
 {
     const struct bench_opts *o = w->opts;
     while (w->pending < CONNECT_WINDOW && w->next_connect < w->nclients) {
@@ -116,7 +116,7 @@ static void worker_connect_more(struct worker *w)
     }
 }
 
-static int client_publish_one(struct worker *w, struct client *c)
+static int mosq_publish_one(struct worker *w, struct client *c)
 {
     const struct bench_opts *o = w->opts;
     client_stamp_next(c);
@@ -129,7 +129,7 @@ static int client_publish_one(struct worker *w, struct client *c)
 }
 
 /* Publishes up to PUBLISH_BATCH messages; true if c could take more now. */
-static bool client_publish_some(struct worker *w, struct client *c)
+static bool mosq_publish_some(struct worker *w, struct client *c)
 {
     const struct bench_opts *o = w->opts;
     for (int n = 0; n < PUBLISH_BATCH; n++) {
@@ -140,18 +140,18 @@ static bool client_publish_some(struct worker *w, struct client *c)
             return false;
         if (worker_backlog_full(w))
             return false;
-        if (client_publish_one(w, c) < 0)
+        if (mosq_publish_one(w, c) < 0)
             return false;
     }
     return true;
 }
 
-static bool worker_pump(struct worker *w)
+static bool mosq_pump(struct worker *w)
 {
     bool more = false;
     for (int i = 0; i < w->nclients; i++) {
         struct client *c = w->clients[i];
-        if (c->role == ROLE_PUB && client_publish_some(w, c))
+        if (c->role == ROLE_PUB && mosq_publish_some(w, c))
             more = true;
         if (c->role == ROLE_PUB)
             client_check_done(c);
@@ -159,7 +159,7 @@ static bool worker_pump(struct worker *w)
     return more;
 }
 
-static int worker_poll_set(struct worker *w, struct pollfd *pfds, struct client **polled)
+static int mosq_poll_set(struct worker *w, struct pollfd *pfds, struct client **polled)
 {
     int n = 0;
     for (int i = 0; i < w->nclients; i++) {
@@ -177,7 +177,7 @@ static int worker_poll_set(struct worker *w, struct pollfd *pfds, struct client 
 
 /* mosquitto_loop_read() handles a single packet when no QoS 1/2 message is
  * in flight; call it until the socket would block, bounded for fairness. */
-static void client_read(struct client *c)
+static void mosq_read(struct client *c)
 {
     for (int k = 0; k < READ_ROUNDS; k++) {
         errno = 0;
@@ -191,17 +191,17 @@ static void client_read(struct client *c)
     }
 }
 
-static void client_service(struct client *c, short revents)
+static void mosq_service(struct client *c, short revents)
 {
     if (revents & (POLLIN | POLLERR | POLLHUP))
-        client_read(c);
+        mosq_read(c);
     if ((revents & POLLOUT) && c->state != CL_DEAD && mosquitto_socket(c->mosq) >= 0) {
         if (mosquitto_loop_write(c->mosq, 1) != MOSQ_ERR_SUCCESS)
             client_fail(c, "write failed", 0);
     }
 }
 
-static void worker_misc(struct worker *w)
+static void mosq_misc(struct worker *w)
 {
     for (int i = 0; i < w->nclients; i++) {
         struct client *c = w->clients[i];
@@ -210,7 +210,7 @@ static void worker_misc(struct worker *w)
     }
 }
 
-static void worker_disconnect_all(struct worker *w)
+static void mosq_disconnect_all(struct worker *w)
 {
     for (int i = 0; i < w->nclients; i++) {
         struct client *c = w->clients[i];
@@ -235,9 +235,9 @@ void *engine_mosq_run(void *arg)
         int phase = atomic_load(&w->shared->phase);
         if (phase == PHASE_STOP)
             break;
-        worker_connect_more(w);
-        bool more = phase == PHASE_RUN && worker_pump(w);
-        int n = worker_poll_set(w, pfds, polled);
+        mosq_connect_more(w);
+        bool more = phase == PHASE_RUN && mosq_pump(w);
+        int n = mosq_poll_set(w, pfds, polled);
         if (poll(pfds, (nfds_t)n, more ? 0 : POLL_MS) < 0 && errno != EINTR) {
             w->error = "poll failed";
             atomic_fetch_add(&w->shared->failed, 1);
@@ -245,16 +245,16 @@ void *engine_mosq_run(void *arg)
         }
         for (int i = 0; i < n; i++) {
             if (pfds[i].revents)
-                client_service(polled[i], pfds[i].revents);
+                mosq_service(polled[i], pfds[i].revents);
         }
         int64_t now = bench_now_ns();
         if (now >= next_misc) {
-            worker_misc(w);
+            mosq_misc(w);
             next_misc = now + MISC_INTERVAL_NS;
         }
         worker_flush(w);
     }
-    worker_disconnect_all(w);
+    mosq_disconnect_all(w);
 out:
     worker_flush(w);
     free(pfds);

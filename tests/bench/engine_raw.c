@@ -10,8 +10,9 @@
  * Flow control: a QoS 0 publisher queues while fewer than OUT_HIGH_WATER
  * bytes wait to be written, so the broker's reading speed (TCP back
  * pressure) paces it; a QoS 1/2 publisher keeps opts->inflight messages
- * unacknowledged and waits while worker_backlog_full(). Packet identifiers cycle through 1..65535;
- * acks are only counted, which is exact as long as the window is below 65535. */
+ * unacknowledged and waits while worker_backlog_full(). Packet identifiers
+ * cycle through 1..65535; acks are only counted, which is exact as long as
+ * the window is below 65535. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>

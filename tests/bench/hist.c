@@ -51,6 +51,8 @@ uint64_t hist_percentile(const struct hist *h, double q)
 {
     if (h->n == 0)
         return 0;
+    if (q >= 1.0)
+        return h->max;
     uint64_t rank = (uint64_t)(q * (double)h->n);
     if (rank >= h->n)
         rank = h->n - 1;

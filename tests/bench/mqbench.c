@@ -1,15 +1,17 @@
-/* mqbench: MQTT load generator on libmosquitto.
+/* mqbench: MQTT load generator (a built-in MQTT 3.1.1 client, or
+ * libmosquitto with --client mosquitto; see bench.h).
  *
  * Load mode: subscribers connect and subscribe to PREFIX/# first; once every
  * SUBACK is in, each publisher publishes --count messages to PREFIX/<n> as
  * fast as the broker takes them: QoS 0 paced by TCP back pressure only,
- * QoS 1/2 with a window of --inflight unacknowledged messages per publisher
- * and pausing while subscribers lag more than --backlog messages (a broker
- * acknowledges on receipt; without this a broker that takes messages in
- * faster than it delivers them would overflow its per-client queue and drop
- * QoS 1 messages, as MQTT allows, instead of showing its sustained rate). Every payload starts with
- * (publisher, seq, send time), so subscribers measure latency and detect loss, duplicates and
- * reordering. Expected deliveries = publishers * count * subscribers.
+ * QoS 1/2 with a window of --inflight unacknowledged messages per publisher,
+ * pausing while subscribers lag more than --backlog messages. (A broker
+ * acknowledges on receipt: without the backlog limit a broker that takes
+ * messages in faster than it delivers them fills its per-client queue and
+ * then drops QoS 1 messages, as MQTT allows, instead of showing the rate it
+ * can sustain.) Every payload starts with (publisher, seq, send time), so
+ * subscribers measure latency and detect loss, duplicates and reordering.
+ * Expected deliveries = publishers * count * subscribers.
  *
  *   mqbench --port 1883 --qos 1 --count 100000              1 -> 1
  *   mqbench --fan-in 100 --qos 1 --count 2000                100 -> 1
@@ -37,7 +39,16 @@
 
 /* ---- options: one table drives parsing and --help ---- */
 
-enum opt_kind { OPT_INT, OPT_LONG, OPT_STR, OPT_FLAG, OPT_FAN_IN, OPT_FAN_OUT, OPT_HELP };
+enum opt_kind {
+    OPT_INT,
+    OPT_LONG,
+    OPT_STR,
+    OPT_FLAG,
+    OPT_FAN_IN,
+    OPT_FAN_OUT,
+    OPT_SELFTEST,
+    OPT_HELP
+};
 
 struct opt_spec {
     const char *name;
@@ -61,6 +72,8 @@ static const struct opt_spec opt_specs[] = {
      "payload size, at least 24 (64)"},
     {"count", "N", OPT_LONG, OFF(count), 1, 4000000000L, "messages per publisher (10000)"},
     {"topic", "PREFIX", OPT_STR, OFF(topic), 0, 0, "topic prefix (mqbench)"},
+    {"id-prefix", "TEXT", OPT_STR, OFF(id_prefix), 0, 0,
+     "client IDs are TEXT<pid>-<s|p|i><n> (mqbench-)"},
     {"timeout", "SEC", OPT_INT, OFF(timeout_s), 1, 86400, "give up after this long (60)"},
     {"inflight", "N", OPT_INT, OFF(inflight), 1, 65535, "QoS 1/2 window per publisher (100)"},
     {"threads", "N", OPT_INT, OFF(threads), 1, 256, "worker threads (1)"},
@@ -75,6 +88,7 @@ static const struct opt_spec opt_specs[] = {
     {"client", "raw|mosquitto", OPT_STR, OFF(client), 0, 0,
      "built-in MQTT client or libmosquitto (raw)"},
     {"json", NULL, OPT_FLAG, OFF(json), 0, 0, "print one JSON line"},
+    {"self-test", NULL, OPT_SELFTEST, 0, 0, 0, "check the tool's MQTT codec and histogram, exit"},
     {"help", NULL, OPT_HELP, 0, 0, 0, "this text"},
 };
 #define N_OPTS (sizeof opt_specs / sizeof opt_specs[0])
@@ -99,6 +113,7 @@ static void opts_defaults(struct bench_opts *o)
                              .size = 64,
                              .count = 10000,
                              .topic = "mqbench",
+                             .id_prefix = "mqbench-",
                              .timeout_s = 60,
                              .threads = 1,
                              .inflight = 100,
@@ -160,8 +175,37 @@ static int opts_apply(struct bench_opts *o, const struct opt_spec *s, const char
     return 0;
 }
 
-/* 0 = run, 1 = --help printed, -1 = usage error (err filled). */
-static int opts_parse(int argc, char **argv, struct bench_opts *o, char *err, size_t errlen)
+/* Checks between options, and the engine named by --client. */
+static int opts_check(struct bench_opts *o, char *err, size_t errlen)
+{
+    if (strcmp(o->client, "raw") == 0) {
+        o->engine = ENGINE_RAW;
+    } else if (strcmp(o->client, "mosquitto") == 0) {
+        o->engine = ENGINE_MOSQ;
+    } else {
+        snprintf(err, errlen, "--client: '%s' is neither raw nor mosquitto", o->client);
+        return -1;
+    }
+    if (strlen(o->id_prefix) > 48) {
+        snprintf(err, errlen, "--id-prefix: at most 48 characters");
+        return -1;
+    }
+    if (!o->idle && o->publishers == 0) {
+        snprintf(err, errlen, "need at least one publisher (or --idle N)");
+        return -1;
+    }
+    /* each subscriber keeps a bitmap of publishers * count bits */
+    if ((uint64_t)o->publishers * (uint64_t)o->count > UINT32_MAX) {
+        snprintf(err, errlen, "publishers * count is above 2^32");
+        return -1;
+    }
+    return 0;
+}
+
+/* 0 = run, 1 = done (--help printed; *selftest set for --self-test),
+ * -1 = usage error (err filled). */
+static int opts_parse(int argc, char **argv, struct bench_opts *o, bool *selftest, char *err,
+                      size_t errlen)
 {
     struct option longopts[N_OPTS + 1];
     memset(longopts, 0, sizeof longopts);
@@ -179,8 +223,10 @@ static int opts_parse(int argc, char **argv, struct bench_opts *o, char *err, si
             return -1;
         }
         const struct opt_spec *s = &opt_specs[ch - 256];
-        if (s->kind == OPT_HELP) {
-            opts_usage(stdout);
+        if (s->kind == OPT_HELP || s->kind == OPT_SELFTEST) {
+            if (s->kind == OPT_HELP)
+                opts_usage(stdout);
+            *selftest = s->kind == OPT_SELFTEST;
             return 1;
         }
         if (opts_apply(o, s, optarg, err, errlen) < 0)
@@ -190,36 +236,22 @@ static int opts_parse(int argc, char **argv, struct bench_opts *o, char *err, si
         snprintf(err, errlen, "unexpected argument '%s'", argv[optind]);
         return -1;
     }
-    if (strcmp(o->client, "raw") == 0) {
-        o->engine = ENGINE_RAW;
-    } else if (strcmp(o->client, "mosquitto") == 0) {
-        o->engine = ENGINE_MOSQ;
-    } else {
-        snprintf(err, errlen, "--client: '%s' is neither raw nor mosquitto", o->client);
-        return -1;
-    }
-    if (!o->idle && o->publishers == 0) {
-        snprintf(err, errlen, "need at least one publisher (or --idle N)");
-        return -1;
-    }
-    if ((uint64_t)o->publishers * (uint64_t)o->count > UINT32_MAX * 4ull) {
-        snprintf(err, errlen, "publishers * count is too large");
-        return -1;
-    }
-    return 0;
+    return opts_check(o, err, errlen);
 }
 
 int main(int argc, char **argv)
 {
     struct bench_opts o;
     char err[256];
+    bool selftest = false;
 
-    int rc = opts_parse(argc, argv, &o, err, sizeof err);
-    if (rc != 0) {
-        if (rc < 0)
-            fprintf(stderr, "mqbench: %s (try --help)\n", err);
-        return rc < 0 ? 2 : 0;
+    int rc = opts_parse(argc, argv, &o, &selftest, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "mqbench: %s (try --help)\n", err);
+        return 2;
     }
+    if (rc > 0)
+        return selftest ? bench_selftest() : 0;
     /* a broker closing a socket must show up as an error, not kill us */
     signal(SIGPIPE, SIG_IGN);
     mosquitto_lib_init();

@@ -33,17 +33,18 @@ struct bench_result {
     double elapsed_s;  /* first publish to last delivery */
     double rate;       /* deliveries per second over elapsed_s */
     bool timed_out;
-    int failed;        /* clients that failed */
-    const char *error; /* first worker error, static text */
+    int failed;          /* clients that failed */
+    const char *error;   /* first worker error, static text */
+    double tool_cpu_pct; /* this process's CPU time over the run's wall time */
 };
 
 /* A raw client holds one socket; a libmosquitto client also holds the
  * library's wake-up socket pair. */
-static int bench_raise_nofile(const struct bench *b, char *err, size_t errlen)
+static int bench_raise_nofile(const struct bench_opts *o, char *err, size_t errlen)
 {
     struct rlimit rl;
-    int nclients = b->nclients;
-    rlim_t need = (rlim_t)nclients * (b->o.engine == ENGINE_MOSQ ? 3 : 1) + 64;
+    int nclients = o->idle ? o->idle : o->subscribers + o->publishers;
+    rlim_t need = (rlim_t)nclients * (o->engine == ENGINE_MOSQ ? 3 : 1) + 64;
 
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= need)
         return 0;
@@ -57,7 +58,7 @@ static int bench_raise_nofile(const struct bench *b, char *err, size_t errlen)
     if (rl.rlim_cur < need) {
         snprintf(err, errlen, "%d clients need %lu file descriptors, the limit is %lu%s", nclients,
                  (unsigned long)need, (unsigned long)rl.rlim_cur,
-                 b->o.engine == ENGINE_MOSQ ? " (--client raw needs a third)" : "");
+                 o->engine == ENGINE_MOSQ ? " (--client raw needs a third)" : "");
         return -1;
     }
     return 0;
@@ -208,6 +209,14 @@ static void stats_merge(struct bench_stats *into, const struct bench_stats *from
     hist_merge(&into->latency, &from->latency);
 }
 
+static double process_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 /* Phase RUN until every publisher is done and every delivery is in, or a
  * client fails, or the deadline passes. At QoS 0 lost messages never come:
  * stop once publishers are done and nothing arrived for --drain-ms. */
@@ -220,6 +229,7 @@ static void bench_drive_load(struct bench *b, struct bench_result *r)
     int64_t drain_ns = (int64_t)o->drain_ms * 1000000LL;
     uint64_t last_unique = 0;
     bool was_done = false;
+    double cpu0 = process_cpu_s();
 
     atomic_store(&b->shared.phase, PHASE_RUN);
     for (;;) {
@@ -242,6 +252,8 @@ static void bench_drive_load(struct bench *b, struct bench_result *r)
             break;
         }
     }
+    double wall_s = (double)(bench_now_ns() - start) / 1e9;
+    r->tool_cpu_pct = wall_s > 0 ? 100.0 * (process_cpu_s() - cpu0) / wall_s : 0;
 }
 
 static void bench_collect(struct bench *b, struct bench_result *r)
@@ -278,43 +290,63 @@ static double ns_to_ms(uint64_t ns)
     return (double)ns / 1e6;
 }
 
-static void report_load(const struct bench_opts *o, const struct bench_result *r, bool ok)
+/* Figures derived from the merged statistics, for both report formats. */
+struct report {
+    uint64_t lost;
+    double pub_rate;      /* messages written/acknowledged per second */
+    double p50, p99, max; /* ms */
+};
+
+static struct report report_make(const struct bench_result *r)
 {
     const struct bench_stats *t = &r->total;
-    uint64_t lost = r->expected > t->unique ? r->expected - t->unique : 0;
-    double pub_s = (double)(t->last_pub_ns - t->first_pub_ns) / 1e9;
-    double pub_rate = t->last_pub_ns > t->first_pub_ns ? (double)t->completed / pub_s : 0;
-    double p50 = ns_to_ms(hist_percentile(&t->latency, 0.50));
-    double p99 = ns_to_ms(hist_percentile(&t->latency, 0.99));
-    double max = ns_to_ms(t->latency.max);
+    struct report p = {
+        .lost = r->expected > t->unique ? r->expected - t->unique : 0,
+        .p50 = ns_to_ms(hist_percentile(&t->latency, 0.50)),
+        .p99 = ns_to_ms(hist_percentile(&t->latency, 0.99)),
+        .max = ns_to_ms(t->latency.max),
+    };
+    if (t->last_pub_ns > t->first_pub_ns)
+        p.pub_rate = (double)t->completed / ((double)(t->last_pub_ns - t->first_pub_ns) / 1e9);
+    return p;
+}
 
-    if (o->json) {
-        printf("{\"mode\":\"load\",\"host\":\"%s\",\"port\":%d,\"qos\":%d,\"publishers\":%d,"
-               "\"subscribers\":%d,\"size\":%d,\"count\":%ld,\"published\":%" PRIu64
-               ",\"completed\":%" PRIu64 ",\"expected\":%" PRIu64 ",\"received\":%" PRIu64
-               ",\"lost\":%" PRIu64 ",\"duplicates\":%" PRIu64 ",\"out_of_order\":%" PRIu64
-               ",\"malformed\":%" PRIu64 ",\"elapsed_s\":%.3f,\"msgs_per_s\":%.0f,"
-               "\"publish_msgs_per_s\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
-               "\"timed_out\":%s,\"failed_clients\":%d,\"ok\":%s}\n",
-               o->host, o->port, o->qos, o->publishers, o->subscribers, o->size, o->count,
-               t->published, t->completed, r->expected, t->unique, lost, t->duplicates,
-               t->out_of_order, t->malformed, r->elapsed_s, r->rate, pub_rate, p50, p99, max,
-               r->timed_out ? "true" : "false", r->failed, ok ? "true" : "false");
-        return;
-    }
+static void report_json(const struct bench_opts *o, const struct bench_result *r, bool ok)
+{
+    const struct bench_stats *t = &r->total;
+    struct report p = report_make(r);
+
+    printf("{\"mode\":\"load\",\"host\":\"%s\",\"port\":%d,\"qos\":%d,\"publishers\":%d,"
+           "\"subscribers\":%d,\"size\":%d,\"count\":%ld,\"published\":%" PRIu64
+           ",\"completed\":%" PRIu64 ",\"expected\":%" PRIu64 ",\"received\":%" PRIu64
+           ",\"lost\":%" PRIu64 ",\"duplicates\":%" PRIu64 ",\"out_of_order\":%" PRIu64
+           ",\"malformed\":%" PRIu64 ",\"elapsed_s\":%.3f,\"msgs_per_s\":%.0f,"
+           "\"publish_msgs_per_s\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
+           "\"tool_cpu_pct\":%.0f,\"timed_out\":%s,\"failed_clients\":%d,\"ok\":%s}\n",
+           o->host, o->port, o->qos, o->publishers, o->subscribers, o->size, o->count, t->published,
+           t->completed, r->expected, t->unique, p.lost, t->duplicates, t->out_of_order,
+           t->malformed, r->elapsed_s, r->rate, p.pub_rate, p.p50, p.p99, p.max, r->tool_cpu_pct,
+           r->timed_out ? "true" : "false", r->failed, ok ? "true" : "false");
+}
+
+static void report_text(const struct bench_opts *o, const struct bench_result *r, bool ok)
+{
+    const struct bench_stats *t = &r->total;
+    struct report p = report_make(r);
+
     printf("mqbench %s:%d  qos %d  %d pub -> %d sub  %ld msgs/pub  %d B\n", o->host, o->port,
            o->qos, o->publishers, o->subscribers, o->count, o->size);
     printf("published    %" PRIu64 " (%" PRIu64 " %s, %.0f msgs/s)\n", t->published, t->completed,
-           o->qos ? "acknowledged" : "written", pub_rate);
+           o->qos ? "acknowledged" : "written", p.pub_rate);
     printf("received     %" PRIu64 " of %" PRIu64 " expected (%" PRIu64 " lost)\n", t->unique,
-           r->expected, lost);
+           r->expected, p.lost);
     printf("throughput   %.0f msgs/s over %.3f s (first publish to last delivery)\n", r->rate,
            r->elapsed_s);
-    printf("latency      p50 %.3f ms  p99 %.3f ms  max %.3f ms\n", p50, p99, max);
+    printf("latency      p50 %.3f ms  p99 %.3f ms  max %.3f ms\n", p.p50, p.p99, p.max);
+    printf("mqbench CPU  %.0f%% of one core while running\n", r->tool_cpu_pct);
     printf("duplicates   %" PRIu64 "  out-of-order %" PRIu64 "  malformed %" PRIu64 "\n",
            t->duplicates, t->out_of_order, t->malformed);
-    printf("result       %s%s%s\n", ok ? "OK" : "FAIL", r->timed_out ? " (timed out)" : "",
-           r->error ? " " : "");
+    printf("result       %s%s\n", ok ? "OK" : "FAIL", r->timed_out ? " (timed out)" : "");
     if (r->error)
         printf("error        %s (%d clients failed)\n", r->error, r->failed);
 }
@@ -370,9 +402,8 @@ int bench_run(const struct bench_opts *opts)
     int64_t t0 = bench_now_ns();
 
     r.expected = (uint64_t)opts->publishers * (uint64_t)opts->count * (uint64_t)opts->subscribers;
-    if (bench_create(&b, err, sizeof err) < 0)
-        goto fail;
-    if (bench_raise_nofile(&b, err, sizeof err) < 0)
+    /* before bench_create: libmosquitto clients open sockets when created */
+    if (bench_raise_nofile(opts, err, sizeof err) < 0 || bench_create(&b, err, sizeof err) < 0)
         goto fail;
     if (bench_start(&b, err, sizeof err) < 0 || bench_wait_ready(&b, err, sizeof err) < 0)
         goto fail;
@@ -384,7 +415,10 @@ int bench_run(const struct bench_opts *opts)
     bench_stop(&b);
     bench_collect(&b, &r);
     bool ok = result_ok(&b.o, &r);
-    report_load(&b.o, &r, ok);
+    if (b.o.json)
+        report_json(&b.o, &r, ok);
+    else
+        report_text(&b.o, &r, ok);
     status = ok ? 0 : 1;
     goto out;
 fail:

@@ -180,6 +180,10 @@ static void it_write_mqbridge_conf(FILE *f, const struct it_broker *b)
             o->instance_yaml ? o->instance_yaml : "{ naming: mqtt }", b->port, b->dir,
             o->max_inflight, o->max_queued, o->max_packet_size, o->max_connections,
             o->limits_yaml ? o->limits_yaml : "max_message_size: 268435455");
+    if (o->extra_yaml) {
+        size_t n = strlen(o->extra_yaml);
+        fprintf(f, "%s%s", o->extra_yaml, n && o->extra_yaml[n - 1] != '\n' ? "\n" : "");
+    }
 }
 
 static void it_write_mosquitto_conf(FILE *f, const struct it_broker *b)

@@ -73,6 +73,10 @@ struct it_broker_opts {
      * the limits mapping, e.g. "max_subscriptions_per_client: 3". */
     const char *instance_yaml;
     const char *limits_yaml;
+    /* mqbridge only: YAML appended verbatim at the end of the generated
+     * file, for top-level sections (connectors, rules, rule_files,
+     * export). NULL: nothing. */
+    const char *extra_yaml;
 };
 
 struct it_broker {

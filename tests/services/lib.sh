@@ -243,3 +243,49 @@ pids_in_dir() {
     printf '%s\n' "$p"
   done
 }
+
+# ---- launching the servers (shared by start and ctl)
+
+# Launches CMD... in the background in its own session, from folder CWD, with
+# all output into LOG and no inherited stdin/stdout; sets LAUNCHED_PID.
+# (A background subshell of a script is no process group leader, so setsid
+# runs CMD in place and $! is the server's own pid.)
+launch() {
+  local cwd=$1 log=$2
+  shift 2
+  (cd "$cwd" && exec setsid "$@") </dev/null >>"$log" 2>&1 3>&- &
+  LAUNCHED_PID=$!
+}
+
+# Launches redis-server on PORT with its files in RDIR (no persistence of its
+# own; `ctl stop redis` saves RDIR/dump.rdb, which the next launch loads);
+# writes RDIR/redis.pid and sets LAUNCHED_PID.
+redis_server_launch() {
+  local rdir=$1 port=$2
+  launch "$rdir" "$rdir/redis.out" redis-server --bind 127.0.0.1 --port "$port" \
+    --protected-mode yes --save "" --appendonly no --daemonize no --dir "$rdir" \
+    --logfile "$rdir/redis.log" --loglevel notice
+  printf '%s\n' "$LAUNCHED_PID" >"$rdir/redis.pid"
+}
+
+# Launches the Kafka broker of KDIR (KDIR/server.properties, storage already
+# formatted) with JAVA and the jars in LIB; writes KDIR/kafka.pid and sets
+# LAUNCHED_PID.
+kafka_server_launch() {
+  local kdir=$1 java=$2 lib=$3
+  # shellcheck disable=SC2206 # MQB_KAFKA_JAVA_OPTS is a list of words
+  local -a opts=(-Xms128m "-Xmx$MQB_KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent
+    -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
+    "-Dkafka.logs.dir=$kdir" "-Dlog4j.configuration=file:$SERVICES_HOME/kafka/log4j-server.properties"
+    ${MQB_KAFKA_JAVA_OPTS:-})
+  launch "$kdir" "$kdir/kafka.out" "$java" "${opts[@]}" -cp "$lib/*" kafka.Kafka \
+    "$kdir/server.properties"
+  printf '%s\n' "$LAUNCHED_PID" >"$kdir/kafka.pid"
+}
+
+# 0 when redis on PORT answers PING. (redis-cli has no timeout of its own: a
+# foreign listener on the port could hold it forever.)
+redis_ping() {
+  [[ $(timeout 2 redis-cli -h 127.0.0.1 -p "$1" PING 2>/dev/null) == PONG ]]
+}

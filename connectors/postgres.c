@@ -1,0 +1,1098 @@
+/* PostgreSQL sink (libpq). Each export() call is one transaction sent in
+ * pipeline mode: BEGIN, one prepared INSERT per row (two for a status event
+ * with an events table), COMMIT, one sync. All or nothing: *acked is n after
+ * the COMMIT, 0 otherwise; when the server refuses one row for good the
+ * transaction is re-run without it and its index reported.
+ *
+ * Outbound rule: default schema (create_table: true, or made by the owner)
+ *   msg_id TEXT PRIMARY KEY, topic TEXT NOT NULL, client_id TEXT NOT NULL,
+ *   qos SMALLINT NOT NULL, payload BYTEA NOT NULL, ts TIMESTAMPTZ NOT NULL
+ * or the rule's `columns` (column -> template; msg_id = ${msgid} added
+ * unless mapped). Repeats are harmless: ON CONFLICT (msg_id) DO NOTHING,
+ * which needs a unique index on msg_id. Values are text parameters whose
+ * types the server infers from the columns, except the payload, sent in
+ * binary when its column is bytea or text-like, so zero bytes survive.
+ *
+ * Status rule: the state table keeps one row per client, changed only by a
+ * newer event (greater seq) that is a connect or comes from the stored
+ * channel, so late and repeated events never overwrite newer state:
+ *   seq 10 connect  channel A -> online (A);  seq 20 connect channel B ->
+ *   online (B);  seq 21 tcpclean channel A -> ignored (A was taken over);
+ *   seq 15 disconnect channel B -> ignored (older than 20).
+ * events_table gets one row per event: ON CONFLICT (seq) DO NOTHING.
+ *
+ * Error classes: SQLSTATE classes 22 (data exception), 23 (integrity
+ * constraint) and 54 (program limit) refuse a row -> CONNECTOR_REJECT;
+ * everything else (connection lost, shutdown, timeout, missing table,
+ * permissions) -> CONNECTOR_RETRY, the records wait. Table and column names
+ * reach SQL only after the identifier check at compile time and
+ * PQescapeIdentifier on the connection; data only as $n parameters. */
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/buf.h"
+#include "../common/log.h"
+#include "../rules/template.h"
+#include "connector.h"
+
+#define PG_MAX_COLUMNS 64
+#define PG_CACHE_KEEP 256 /* prepared targets kept per connection */
+
+/* Type OIDs (pg_type.h is server-side): payloads go binary to these. */
+enum { PG_BYTEA = 17, PG_TEXT = 25, PG_BPCHAR = 1042, PG_VARCHAR = 1043 };
+
+/* ---- Settings and rule options, as data --------------------------------- */
+
+static const struct kv_key pg_settings[] = {
+    {"conninfo", KV_SCALAR, KV_REQUIRED, "libpq connection string or URI"},
+    {"connect_timeout_s", KV_SCALAR, 0, "seconds to connect (default 5)"},
+    {"statement_timeout_ms", KV_SCALAR, 0,
+     "server-side limit per export transaction (default 10000)"},
+    {NULL, KV_SCALAR, 0, NULL},
+};
+
+static const struct kv_key pg_outbound_keys[] = {
+    {"table", KV_SCALAR, KV_REQUIRED, "[schema.]table of the messages"},
+    {"create_table", KV_SCALAR, 0, "create the table if missing (default false)"},
+    {"columns", KV_MAP, 0, "column -> template; default: the fixed message schema"},
+    {NULL, KV_SCALAR, 0, NULL},
+};
+
+static const struct kv_key pg_status_keys[] = {
+    {"table", KV_SCALAR, KV_REQUIRED, "[schema.]table of the client states"},
+    {"events_table", KV_SCALAR, 0, "optional [schema.]table: one row per event"},
+    {"create_table", KV_SCALAR, 0, "create the tables if missing (default false)"},
+    {NULL, KV_SCALAR, 0, NULL},
+};
+
+enum pg_source {
+    SRC_MSG_ID,
+    SRC_TOPIC,
+    SRC_CLIENT_ID,
+    SRC_QOS,
+    SRC_PAYLOAD,
+    SRC_TIME,
+    SRC_TEMPLATE
+};
+
+struct pg_column {
+    char *name;
+    enum pg_source src;
+    struct template *tpl; /* SRC_TEMPLATE */
+    bool payload;         /* the payload bytes: SRC_PAYLOAD or exactly "${payload}" */
+};
+
+static const struct {
+    const char *name;
+    const char *decl;
+    enum pg_source src;
+} pg_default_columns[] = {
+    {"msg_id", "TEXT PRIMARY KEY", SRC_MSG_ID},    {"topic", "TEXT NOT NULL", SRC_TOPIC},
+    {"client_id", "TEXT NOT NULL", SRC_CLIENT_ID}, {"qos", "SMALLINT NOT NULL", SRC_QOS},
+    {"payload", "BYTEA NOT NULL", SRC_PAYLOAD},    {"ts", "TIMESTAMPTZ NOT NULL", SRC_TIME},
+};
+
+/* A table name: optional schema and the table, both checked identifiers. */
+struct pg_name {
+    char *schema; /* NULL: the search_path decides */
+    char *table;
+    char *text; /* as configured, for messages */
+};
+
+/* A compiled rule target. Read-only after compile. */
+struct pg_target {
+    uint64_t id; /* unique per connector: key of the statement cache */
+    enum rule_type type;
+    bool create_table;
+    bool custom_columns;          /* `columns` given */
+    struct pg_name table, events; /* events.table NULL: no events table */
+    struct pg_column *cols;       /* outbound */
+    unsigned ncols;
+};
+
+/* A target's prepared statements on the open connection. */
+struct pg_prepared {
+    uint64_t target_id;
+    char write[24], events[24];      /* statement names; events "" when none */
+    int formats[PG_MAX_COLUMNS + 1]; /* outbound: per parameter, 1 = binary */
+};
+
+struct connector {
+    char *name;
+    char *conninfo;
+    char *display; /* "host=... port=... dbname=..." (never the password) */
+    unsigned connect_timeout_s, statement_timeout_ms;
+    uint64_t last_target_id; /* main loop only (compile) */
+    /* Connector thread only. */
+    PGconn *pg;
+    struct pg_prepared *cache;
+    size_t ncache, capcache;
+    uint64_t next_statement;
+    struct buf values; /* rendered values of one row */
+};
+
+/* ---- Small helpers ------------------------------------------------------ */
+
+#if defined(__GNUC__)
+#define PG_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define PG_PRINTF(fmt, args)
+#endif
+
+static int pg_fail(char *err, size_t errlen, const char *fmt, ...) PG_PRINTF(3, 4);
+
+static int pg_fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* [A-Za-z_][A-Za-z0-9_]{0,62}: the only names that reach SQL text. */
+static bool pg_identifier_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > 63 || (s[0] >= '0' && s[0] <= '9'))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_'))
+            return false;
+    }
+    return true;
+}
+
+/* libpq messages end with a newline; keep the first line. */
+static const char *pg_first_line(const char *msg, char *out, size_t outlen)
+{
+    size_t n = strcspn(msg ? msg : "", "\n");
+    snprintf(out, outlen, "%.*s", (int)n, msg ? msg : "");
+    return out;
+}
+
+/* The server's primary message of a failed result ("relation ... does not
+ * exist"), else libpq's first line. */
+static const char *pg_result_text(const PGresult *res, char *out, size_t outlen)
+{
+    const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    if (primary) {
+        snprintf(out, outlen, "%s", primary);
+        return out;
+    }
+    return pg_first_line(PQresultErrorMessage(res), out, outlen);
+}
+
+/* Server notices ("relation already exists, skipping") go to the debug
+ * log, not to stderr. */
+static void pg_notice(void *arg, const char *message)
+{
+    char line[256];
+    const struct connector *c = arg;
+    log_debug("connector %s: %s", c->name, pg_first_line(message, line, sizeof line));
+}
+
+/* ---- Settings ------------------------------------------------------------ */
+
+static void pg_destroy(struct connector *c);
+static void pg_close(struct connector *c);
+
+/* "host=H port=P dbname=D" from the parsed conninfo: what logs may show. */
+static char *pg_display(const PQconninfoOption *opts)
+{
+    const char *host = NULL, *port = NULL, *db = NULL;
+    for (const PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val)
+            continue;
+        if (!strcmp(o->keyword, "host") || (!host && !strcmp(o->keyword, "hostaddr")))
+            host = o->val;
+        else if (!strcmp(o->keyword, "port"))
+            port = o->val;
+        else if (!strcmp(o->keyword, "dbname"))
+            db = o->val;
+    }
+    char text[512];
+    snprintf(text, sizeof text, "host=%s port=%s dbname=%s", host ? host : "(default)",
+             port ? port : "(default)", db ? db : "(default)");
+    return strdup(text);
+}
+
+static int pg_setting_uint(const struct kvmap *settings, const char *key, const char *where,
+                           uint64_t min, uint64_t max, unsigned *out, char *err, size_t errlen)
+{
+    const struct kv *item = kv_find(settings, key);
+    uint64_t v;
+    if (!item)
+        return 0;
+    if (kv_uint(item, min, max, &v) < 0)
+        return kv_error(err, errlen, settings, item,
+                        "%s: %s: expected an integer %" PRIu64 "..%" PRIu64 ", got '%s'", where,
+                        key, min, max, item->value);
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int pg_create(const char *name, const struct kvmap *settings, struct connector **out,
+                     char *err, size_t errlen)
+{
+    char where[96], *perr = NULL;
+    PQconninfoOption *opts = NULL;
+    snprintf(where, sizeof where, "connector '%s'", name);
+    if (kv_check(settings, pg_settings, where, err, errlen) < 0)
+        return -1;
+    struct connector *c = calloc(1, sizeof *c);
+    if (!c || !(c->name = strdup(name)))
+        goto oom;
+    c->connect_timeout_s = 5;
+    c->statement_timeout_ms = 10000;
+    if (pg_setting_uint(settings, "connect_timeout_s", where, 1, 3600, &c->connect_timeout_s, err,
+                        errlen) < 0 ||
+        pg_setting_uint(settings, "statement_timeout_ms", where, 0, 86400000,
+                        &c->statement_timeout_ms, err, errlen) < 0)
+        goto fail;
+    const struct kv *item = kv_find(settings, "conninfo");
+    if (!(opts = PQconninfoParse(item->value, &perr))) {
+        /* libpq quotes the offending text, which may be the password. */
+        char line[256];
+        bool secret = strstr(item->value, "password") || strchr(item->value, '@');
+        kv_error(err, errlen, settings, item,
+                 "%s: conninfo: not a valid libpq connection string%s%s", where, secret ? "" : ": ",
+                 secret ? "" : pg_first_line(perr, line, sizeof line));
+        goto fail;
+    }
+    if (!(c->conninfo = strdup(item->value)) || !(c->display = pg_display(opts)))
+        goto oom;
+    PQconninfoFree(opts);
+    *out = c;
+    return 0;
+oom:
+    pg_fail(err, errlen, "%s: out of memory", where);
+fail:
+    PQfreemem(perr);
+    PQconninfoFree(opts);
+    pg_destroy(c);
+    return -1;
+}
+
+static void pg_destroy(struct connector *c)
+{
+    if (!c)
+        return;
+    pg_close(c);
+    free(c->cache);
+    buf_free(&c->values);
+    free(c->display);
+    free(c->conninfo);
+    free(c->name);
+    free(c);
+}
+
+/* ---- Compiling a rule's target ------------------------------------------ */
+
+static void pg_name_free(struct pg_name *n)
+{
+    free(n->schema);
+    free(n->table);
+    free(n->text);
+}
+
+static void pg_target_free(struct pg_target *t)
+{
+    if (!t)
+        return;
+    for (unsigned i = 0; i < t->ncols; i++) {
+        free(t->cols[i].name);
+        template_free(t->cols[i].tpl);
+    }
+    free(t->cols);
+    pg_name_free(&t->table);
+    pg_name_free(&t->events);
+    free(t);
+}
+
+/* "table" or "schema.table" of an option, checked and split. */
+static int pg_option_name(const struct kvmap *opts, const char *key, const char *where,
+                          struct pg_name *out, char *err, size_t errlen)
+{
+    const struct kv *item = kv_find(opts, key);
+    if (!item)
+        return 0;
+    const char *s = item->value, *dot = strchr(s, '.');
+    size_t first = dot ? (size_t)(dot - s) : strlen(s);
+    if (!pg_identifier_ok(s, first) || (dot && !pg_identifier_ok(dot + 1, strlen(dot + 1))))
+        return kv_error(err, errlen, opts, item,
+                        "%s: %s: '%s' is not a table name ([schema.]table, each "
+                        "[A-Za-z_][A-Za-z0-9_]{0,62})",
+                        where, key, s);
+    if (!(out->text = strdup(s)) || (dot && !(out->schema = strndup(s, first))) ||
+        !(out->table = strdup(dot ? dot + 1 : s)))
+        return pg_fail(err, errlen, "%s: out of memory", where);
+    return 0;
+}
+
+static int pg_column_add(struct pg_target *t, const char *name, enum pg_source src)
+{
+    struct pg_column *col = &t->cols[t->ncols];
+    memset(col, 0, sizeof *col);
+    if (!(col->name = strdup(name)))
+        return -1;
+    col->src = src;
+    col->payload = src == SRC_PAYLOAD;
+    t->ncols++;
+    return 0;
+}
+
+/* `columns`: column -> template, compiled; msg_id added unless mapped. */
+static int pg_columns_compile(struct pg_target *t, const struct kv *columns, const char *where,
+                              char *err, size_t errlen)
+{
+    const struct kvmap *m = columns->map;
+    bool has_msg_id = false;
+    char cwhere[128];
+    snprintf(cwhere, sizeof cwhere, "%s: columns", where);
+    if (m->count == 0 || m->count > PG_MAX_COLUMNS)
+        return kv_error(err, errlen, NULL, columns, "%s: columns: expected 1..%d columns", where,
+                        PG_MAX_COLUMNS);
+    if (!(t->cols = calloc(m->count + 1, sizeof *t->cols)))
+        return pg_fail(err, errlen, "%s: out of memory", where);
+    for (unsigned i = 0; i < m->count; i++) {
+        const struct kv *item = &m->items[i];
+        if (!pg_identifier_ok(item->key, strlen(item->key)))
+            return kv_error(err, errlen, m, item,
+                            "%s: columns: '%s' is not an identifier ([A-Za-z_][A-Za-z0-9_]{0,62})",
+                            where, item->key);
+        for (unsigned j = 0; j < i; j++)
+            if (!strcmp(m->items[j].key, item->key))
+                return kv_error(err, errlen, m, item, "%s: columns: '%s' given twice", where,
+                                item->key);
+        if (pg_column_add(t, item->key, SRC_TEMPLATE) < 0)
+            return pg_fail(err, errlen, "%s: out of memory", where);
+        struct pg_column *col = &t->cols[t->ncols - 1];
+        if (template_compile_kv(item, cwhere, &col->tpl, err, errlen) < 0)
+            return -1;
+        col->payload = !strcmp(item->value, "${payload}");
+        has_msg_id |= !strcmp(item->key, "msg_id");
+    }
+    if (!has_msg_id && pg_column_add(t, "msg_id", SRC_MSG_ID) < 0)
+        return pg_fail(err, errlen, "%s: out of memory", where);
+    return 0;
+}
+
+static int pg_default_columns_add(struct pg_target *t)
+{
+    size_t n = sizeof pg_default_columns / sizeof pg_default_columns[0];
+    if (!(t->cols = calloc(n, sizeof *t->cols)))
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (pg_column_add(t, pg_default_columns[i].name, pg_default_columns[i].src) < 0)
+            return -1;
+    return 0;
+}
+
+static int pg_compile(struct connector *c, const struct rule *r, void **compiled, char *err,
+                      size_t errlen)
+{
+    char where[96];
+    const struct kvmap *opts = r->options;
+    snprintf(where, sizeof where, "rule '%s'", r->name);
+    if (r->type != RULE_OUTBOUND && r->type != RULE_STATUS)
+        return kv_error(err, errlen, opts, NULL,
+                        "%s: the postgres connector takes outbound and status rules only", where);
+    if (kv_check(opts, r->type == RULE_OUTBOUND ? pg_outbound_keys : pg_status_keys, where, err,
+                 errlen) < 0)
+        return -1;
+    struct pg_target *t = calloc(1, sizeof *t);
+    if (!t)
+        return pg_fail(err, errlen, "%s: out of memory", where);
+    t->type = r->type;
+    const struct kv *item = kv_find(opts, "create_table");
+    if (item && kv_bool(item, &t->create_table) < 0) {
+        kv_error(err, errlen, opts, item, "%s: create_table: expected true or false, got '%s'",
+                 where, item->value);
+        goto fail;
+    }
+    if (pg_option_name(opts, "table", where, &t->table, err, errlen) < 0 ||
+        pg_option_name(opts, "events_table", where, &t->events, err, errlen) < 0)
+        goto fail;
+    if (r->type == RULE_OUTBOUND) {
+        const struct kv *columns = kv_find(opts, "columns");
+        t->custom_columns = columns != NULL;
+        if (columns && pg_columns_compile(t, columns, where, err, errlen) < 0)
+            goto fail;
+        if (!columns && pg_default_columns_add(t) < 0) {
+            pg_fail(err, errlen, "%s: out of memory", where);
+            goto fail;
+        }
+    }
+    t->id = ++c->last_target_id;
+    *compiled = t;
+    return 0;
+fail:
+    pg_target_free(t);
+    return -1;
+}
+
+static void pg_release(struct connector *c, void *compiled)
+{
+    pg_target_free(compiled);
+}
+
+/* ---- SQL text ------------------------------------------------------------
+ * Builders append fixed text, escaped identifiers and $n placeholders, and
+ * end the text with a NUL; they return 0, or nonzero when out of memory. */
+
+static int pg_sql(struct buf *b, const char *text)
+{
+    return buf_append(b, text, strlen(text));
+}
+
+/* A name quoted by the server's rules (PQescapeIdentifier). */
+static int pg_sql_ident(struct buf *b, PGconn *pg, const char *name)
+{
+    char *q = PQescapeIdentifier(pg, name, strlen(name));
+    if (!q)
+        return -1;
+    int rc = pg_sql(b, q);
+    PQfreemem(q);
+    return rc;
+}
+
+static int pg_sql_table(struct buf *b, PGconn *pg, const struct pg_name *n)
+{
+    if (n->schema && (pg_sql_ident(b, pg, n->schema) < 0 || pg_sql(b, ".") < 0))
+        return -1;
+    return pg_sql_ident(b, pg, n->table);
+}
+
+/* "$k", or the timestamptz expression of an epoch-milliseconds "$k". */
+static int pg_sql_param(struct buf *b, unsigned k, bool time_ms)
+{
+    char text[96];
+    if (time_ms)
+        snprintf(text, sizeof text,
+                 "('epoch'::timestamptz + $%u::bigint * interval '1 millisecond')", k);
+    else
+        snprintf(text, sizeof text, "$%u", k);
+    return pg_sql(b, text);
+}
+
+static int pg_sql_end(struct buf *b)
+{
+    return buf_append_u8(b, 0);
+}
+
+static int pg_outbound_create_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    bool defaults = !t->custom_columns;
+    int rc = pg_sql(b, "CREATE TABLE IF NOT EXISTS ") || pg_sql_table(b, pg, &t->table) ||
+             pg_sql(b, " (");
+    for (unsigned i = 0; i < t->ncols && !rc; i++) {
+        const struct pg_column *col = &t->cols[i];
+        const char *decl = defaults                       ? pg_default_columns[i].decl
+                           : !strcmp(col->name, "msg_id") ? "TEXT PRIMARY KEY"
+                           : col->payload                 ? "BYTEA"
+                                                          : "TEXT";
+        rc = pg_sql(b, i ? ", " : "") || pg_sql_ident(b, pg, col->name) || pg_sql(b, " ") ||
+             pg_sql(b, decl);
+    }
+    return rc || pg_sql(b, ")") || pg_sql_end(b);
+}
+
+static int pg_outbound_insert_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    int rc = pg_sql(b, "INSERT INTO ") || pg_sql_table(b, pg, &t->table) || pg_sql(b, " (");
+    for (unsigned i = 0; i < t->ncols && !rc; i++)
+        rc = pg_sql(b, i ? ", " : "") || pg_sql_ident(b, pg, t->cols[i].name);
+    rc = rc || pg_sql(b, ") VALUES (");
+    for (unsigned i = 0; i < t->ncols && !rc; i++)
+        rc = pg_sql(b, i ? ", " : "") || pg_sql_param(b, i + 1, t->cols[i].src == SRC_TIME);
+    return rc || pg_sql(b, ") ON CONFLICT (msg_id) DO NOTHING") || pg_sql_end(b);
+}
+
+static int pg_state_create_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "CREATE TABLE IF NOT EXISTS ") || pg_sql_table(b, pg, &t->table) ||
+           pg_sql(b, " (client_id TEXT PRIMARY KEY, online BOOLEAN NOT NULL, "
+                     "channel_id TEXT, client_ip TEXT, since TIMESTAMPTZ NOT NULL, "
+                     "seq BIGINT NOT NULL, event_type TEXT NOT NULL)") ||
+           pg_sql_end(b);
+}
+
+/* The status-state rule as an upsert (the alias keeps a schema-qualified
+ * name out of the WHERE clause). */
+static int pg_state_upsert_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "INSERT INTO ") || pg_sql_table(b, pg, &t->table) ||
+           pg_sql(b, " AS cur (client_id, online, channel_id, client_ip, since, seq, "
+                     "event_type) VALUES ($1, $2, $3, $4, ") ||
+           pg_sql_param(b, 5, true) ||
+           pg_sql(b, ", $6, $7) ON CONFLICT (client_id) DO UPDATE SET "
+                     "online = EXCLUDED.online, channel_id = EXCLUDED.channel_id, "
+                     "client_ip = EXCLUDED.client_ip, since = EXCLUDED.since, "
+                     "seq = EXCLUDED.seq, event_type = EXCLUDED.event_type "
+                     "WHERE EXCLUDED.seq > cur.seq AND (EXCLUDED.event_type = 'connect' "
+                     "OR EXCLUDED.channel_id IS NOT DISTINCT FROM cur.channel_id)") ||
+           pg_sql_end(b);
+}
+
+static int pg_events_create_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "CREATE TABLE IF NOT EXISTS ") || pg_sql_table(b, pg, &t->events) ||
+           pg_sql(b, " (seq BIGINT PRIMARY KEY, client_id TEXT NOT NULL, "
+                     "event_type TEXT NOT NULL, channel_id TEXT, client_ip TEXT, "
+                     "\"time\" TIMESTAMPTZ NOT NULL, body JSONB)") ||
+           pg_sql_end(b);
+}
+
+static int pg_events_insert_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "INSERT INTO ") || pg_sql_table(b, pg, &t->events) ||
+           pg_sql(b, " (seq, client_id, event_type, channel_id, client_ip, \"time\", "
+                     "body) VALUES ($1, $2, $3, $4, $5, ") ||
+           pg_sql_param(b, 6, true) || pg_sql(b, ", $7) ON CONFLICT (seq) DO NOTHING") ||
+           pg_sql_end(b);
+}
+
+/* ---- Connection ---------------------------------------------------------- */
+
+static void pg_close(struct connector *c)
+{
+    if (!c)
+        return;
+    if (c->pg)
+        PQfinish(c->pg);
+    c->pg = NULL;
+    c->ncache = 0;
+}
+
+/* Connect with the timeouts; keep-alives so a dead peer is noticed. The
+ * conninfo comes after the defaults (it may override them) and before
+ * connect_timeout (the setting wins). */
+static int pg_open(struct connector *c, char *err, size_t errlen)
+{
+    char timeout[16], stmt_timeout[16], line[256];
+    snprintf(timeout, sizeof timeout, "%u", c->connect_timeout_s);
+    snprintf(stmt_timeout, sizeof stmt_timeout, "%u", c->statement_timeout_ms);
+    const char *const keys[] = {
+        "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
+        "keepalives_count",          "dbname",     "connect_timeout", NULL};
+    const char *const vals[] = {"mqbridge", "1", "30", "10", "3", c->conninfo, timeout, NULL};
+    pg_close(c);
+    c->pg = PQconnectdbParams(keys, vals, 1);
+    if (!c->pg || PQstatus(c->pg) != CONNECTION_OK) {
+        pg_fail(err, errlen, "cannot connect to %s: %s", c->display,
+                c->pg ? pg_first_line(PQerrorMessage(c->pg), line, sizeof line) : "out of memory");
+        goto fail;
+    }
+    PQsetNoticeProcessor(c->pg, pg_notice, c);
+    const char *params[1] = {stmt_timeout};
+    PGresult *res = PQexecParams(c->pg, "SELECT set_config('statement_timeout', $1, false)", 1,
+                                 NULL, params, NULL, NULL, 0);
+    bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!ok)
+        pg_fail(err, errlen, "%s: setting statement_timeout: %s", c->display,
+                pg_result_text(res, line, sizeof line));
+    PQclear(res);
+    if (!ok)
+        goto fail;
+    c->next_statement = 0;
+    log_info("connector %s: connected to %s (server %d)", c->name, c->display,
+             PQserverVersion(c->pg));
+    return 0;
+fail:
+    pg_close(c);
+    return CONNECTOR_RETRY;
+}
+
+/* ---- Preparing a target on the connection -------------------------------- */
+
+static int pg_exec_ok(struct connector *c, const struct pg_target *t, const char *sql, char *err,
+                      size_t errlen)
+{
+    char line[256];
+    PGresult *res = PQexec(c->pg, sql);
+    int rc = PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : -1;
+    if (rc < 0)
+        pg_fail(err, errlen, "table %s: %s", t->table.text, pg_result_text(res, line, sizeof line));
+    PQclear(res);
+    return rc;
+}
+
+static int pg_prepare_one(struct connector *c, const struct pg_target *t, const char *name,
+                          const char *sql, char *err, size_t errlen)
+{
+    char line[256];
+    PGresult *res = PQprepare(c->pg, name, sql, 0, NULL);
+    int rc = PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : -1;
+    if (rc < 0)
+        pg_fail(err, errlen, "table %s: %s", t->table.text, pg_result_text(res, line, sizeof line));
+    PQclear(res);
+    return rc;
+}
+
+/* Outbound: the payload parameters go binary when the server inferred
+ * bytea or a text type for them; text otherwise (json, jsonb, ...). */
+static int pg_payload_formats(struct connector *c, const struct pg_target *t, struct pg_prepared *p,
+                              char *err, size_t errlen)
+{
+    char line[256];
+    PGresult *res = PQdescribePrepared(c->pg, p->write);
+    int rc = PQresultStatus(res) == PGRES_COMMAND_OK && PQnparams(res) == (int)t->ncols ? 0 : -1;
+    if (rc < 0)
+        pg_fail(err, errlen, "table %s: describing the insert: %s", t->table.text,
+                pg_result_text(res, line, sizeof line));
+    for (unsigned i = 0; i < t->ncols && rc == 0; i++) {
+        Oid type = PQparamtype(res, (int)i);
+        p->formats[i] = t->cols[i].payload && (type == PG_BYTEA || type == PG_TEXT ||
+                                               type == PG_VARCHAR || type == PG_BPCHAR);
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* Create the tables (when asked), prepare the statements. */
+static int pg_prepare_target(struct connector *c, const struct pg_target *t, struct pg_prepared *p,
+                             char *err, size_t errlen)
+{
+    struct buf sql = {0};
+    int rc = -1;
+    bool status = t->type == RULE_STATUS;
+    uint64_t k = ++c->next_statement;
+    memset(p, 0, sizeof *p);
+    snprintf(p->write, sizeof p->write, "mqb_w%" PRIu64, k);
+    if (t->create_table) {
+        if ((status ? pg_state_create_sql(&sql, c->pg, t)
+                    : pg_outbound_create_sql(&sql, c->pg, t)) < 0 ||
+            pg_exec_ok(c, t, (char *)sql.data, err, errlen) < 0)
+            goto out;
+        buf_reset(&sql);
+    }
+    if ((status ? pg_state_upsert_sql(&sql, c->pg, t) : pg_outbound_insert_sql(&sql, c->pg, t)) <
+            0 ||
+        pg_prepare_one(c, t, p->write, (char *)sql.data, err, errlen) < 0)
+        goto out;
+    if (!status) {
+        rc = pg_payload_formats(c, t, p, err, errlen);
+        goto out;
+    }
+    if (t->events.table) {
+        snprintf(p->events, sizeof p->events, "mqb_e%" PRIu64, k);
+        buf_reset(&sql);
+        if (t->create_table && (pg_events_create_sql(&sql, c->pg, t) < 0 ||
+                                pg_exec_ok(c, t, (char *)sql.data, err, errlen) < 0))
+            goto out;
+        buf_reset(&sql);
+        if (pg_events_insert_sql(&sql, c->pg, t) < 0 ||
+            pg_prepare_one(c, t, p->events, (char *)sql.data, err, errlen) < 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    if (rc < 0 && !err[0])
+        pg_fail(err, errlen, "table %s: out of memory", t->table.text);
+    buf_free(&sql);
+    return rc;
+}
+
+static struct pg_prepared *pg_prepared_find(struct connector *c, uint64_t target_id)
+{
+    for (size_t i = 0; i < c->ncache; i++)
+        if (c->cache[i].target_id == target_id)
+            return &c->cache[i];
+    return NULL;
+}
+
+/* Make sure the target is prepared on this connection. */
+static int pg_target_ready(struct connector *c, const struct pg_target *t, char *err, size_t errlen)
+{
+    if (pg_prepared_find(c, t->id))
+        return 0;
+    if (c->ncache == c->capcache) {
+        size_t cap = c->capcache ? c->capcache * 2 : 8;
+        struct pg_prepared *p = realloc(c->cache, cap * sizeof *p);
+        if (!p)
+            return pg_fail(err, errlen, "out of memory");
+        c->cache = p;
+        c->capcache = cap;
+    }
+    err[0] = '\0';
+    if (pg_prepare_target(c, t, &c->cache[c->ncache], err, errlen) < 0)
+        return -1;
+    c->cache[c->ncache++].target_id = t->id;
+    return 0;
+}
+
+/* Forget every prepared statement when many reloads piled them up. */
+static void pg_cache_trim(struct connector *c)
+{
+    if (c->ncache <= PG_CACHE_KEEP)
+        return;
+    PGresult *res = PQexec(c->pg, "DEALLOCATE ALL");
+    PQclear(res);
+    c->ncache = 0;
+}
+
+/* ---- Rows ---------------------------------------------------------------- */
+
+/* The parameters of one statement. Text values point into c->values or
+ * into num[]; they live until the statement is sent. */
+struct pg_row {
+    const char *values[PG_MAX_COLUMNS + 1];
+    int lengths[PG_MAX_COLUMNS + 1];
+    int formats[PG_MAX_COLUMNS + 1];
+    size_t offsets[PG_MAX_COLUMNS + 1]; /* into c->values; SIZE_MAX: not there */
+    int n;
+};
+
+/* Append text (NUL-terminated in c->values) as parameter k; a zero byte
+ * cannot travel as text. */
+static int pg_row_text(struct connector *c, struct pg_row *row, int k, const void *p, size_t len,
+                       char *err, size_t errlen)
+{
+    if (len && memchr(p, 0, len))
+        return pg_fail(err, errlen, "a text value holds a zero byte");
+    row->offsets[k] = c->values.len;
+    row->lengths[k] = 0;
+    row->formats[k] = 0;
+    if (buf_append(&c->values, p, len) < 0 || buf_append_u8(&c->values, 0) < 0)
+        return pg_fail(err, errlen, "out of memory");
+    return 0;
+}
+
+/* Point values[] into c->values now that it no longer moves. */
+static void pg_row_fix(struct connector *c, struct pg_row *row)
+{
+    for (int k = 0; k < row->n; k++)
+        if (row->offsets[k] != SIZE_MAX)
+            row->values[k] = (const char *)c->values.data + row->offsets[k];
+}
+
+static void pg_row_direct(struct pg_row *row, int k, const char *value, int len, int format)
+{
+    row->values[k] = value;
+    row->lengths[k] = len;
+    row->formats[k] = format;
+    row->offsets[k] = SIZE_MAX;
+}
+
+static int pg_row_column(struct connector *c, const struct pg_column *col, int format,
+                         const struct export_record *rec, struct pg_row *row, int k, char *err,
+                         size_t errlen)
+{
+    static const char empty[1] = "";
+    char num[24];
+    switch (col->src) {
+    case SRC_MSG_ID:
+        snprintf(num, sizeof num, "%016" PRIx64, rec->msg_id);
+        return pg_row_text(c, row, k, num, strlen(num), err, errlen);
+    case SRC_QOS:
+        snprintf(num, sizeof num, "%u", rec->qos);
+        return pg_row_text(c, row, k, num, strlen(num), err, errlen);
+    case SRC_TIME:
+        snprintf(num, sizeof num, "%" PRId64, rec->time_ms);
+        return pg_row_text(c, row, k, num, strlen(num), err, errlen);
+    case SRC_TOPIC:
+        return pg_row_text(c, row, k, rec->topic, rec->topic ? strlen(rec->topic) : 0, err, errlen);
+    case SRC_CLIENT_ID:
+        return pg_row_text(c, row, k, rec->client_id, rec->client_id ? strlen(rec->client_id) : 0,
+                           err, errlen);
+    case SRC_PAYLOAD:
+    case SRC_TEMPLATE:
+        break;
+    }
+    if (col->payload && format == 1) {
+        pg_row_direct(row, k, rec->payload ? (const char *)rec->payload : empty,
+                      (int)rec->payload_len, 1);
+        return 0;
+    }
+    if (col->src == SRC_PAYLOAD)
+        return pg_row_text(c, row, k, rec->payload, rec->payload_len, err, errlen);
+    struct template_input in = {
+        .client_id = rec->client_id,
+        .topic = rec->topic,
+        .qos = rec->qos,
+        .msg_id = rec->msg_id,
+        .time_ms = rec->time_ms,
+        .payload = rec->payload,
+        .payload_len = rec->payload_len,
+    };
+    size_t start = c->values.len;
+    if (template_render(col->tpl, &in, &c->values) < 0)
+        return pg_fail(err, errlen, "out of memory");
+    size_t len = c->values.len - start;
+    if (len && memchr(c->values.data + start, 0, len))
+        return pg_fail(err, errlen, "column %s: the value holds a zero byte", col->name);
+    if (buf_append_u8(&c->values, 0) < 0)
+        return pg_fail(err, errlen, "out of memory");
+    row->offsets[k] = start;
+    row->lengths[k] = 0;
+    row->formats[k] = 0;
+    return 0;
+}
+
+static int pg_row_message(struct connector *c, const struct pg_target *t,
+                          const struct pg_prepared *p, const struct export_record *rec,
+                          struct pg_row *row, char *err, size_t errlen)
+{
+    buf_reset(&c->values);
+    row->n = (int)t->ncols;
+    for (unsigned i = 0; i < t->ncols; i++)
+        if (pg_row_column(c, &t->cols[i], p->formats[i], rec, row, (int)i, err, errlen) < 0)
+            return -1;
+    pg_row_fix(c, row);
+    return 0;
+}
+
+/* Status statements: state (state = true) or event row; text values,
+ * NULL for absent ones. */
+static int pg_row_status(struct connector *c, const struct export_record *rec, bool state,
+                         struct pg_row *row, char *err, size_t errlen)
+{
+    char seq[24], ms[24];
+    snprintf(seq, sizeof seq, "%" PRIu64, rec->msg_id);
+    snprintf(ms, sizeof ms, "%" PRId64, rec->time_ms);
+    bool online = rec->event_type && !strcmp(rec->event_type, "connect");
+    const char *state_v[7] = {
+        rec->client_id, online ? "true" : "false", rec->channel_id, rec->client_ip, ms, seq,
+        rec->event_type};
+    const char *event_v[6] = {seq, rec->client_id, rec->event_type, rec->channel_id, rec->client_ip,
+                              ms};
+    const char *const *v = state ? state_v : event_v;
+    buf_reset(&c->values);
+    row->n = 7;
+    for (int k = 0; k < (state ? 7 : 6); k++) {
+        if (!v[k])
+            pg_row_direct(row, k, NULL, 0, 0);
+        else if (pg_row_text(c, row, k, v[k], strlen(v[k]), err, errlen) < 0)
+            return -1;
+    }
+    if (!state) {
+        if (!rec->payload_len)
+            pg_row_direct(row, 6, NULL, 0, 0);
+        else if (pg_row_text(c, row, 6, rec->payload, rec->payload_len, err, errlen) < 0)
+            return -1;
+    }
+    pg_row_fix(c, row);
+    return 0;
+}
+
+/* ---- The pipeline -------------------------------------------------------- */
+
+static unsigned pg_statements_of(const struct export_record *rec)
+{
+    const struct pg_target *t = rec->rule->compiled;
+    return t->type == RULE_STATUS && t->events.table ? 2 : 1;
+}
+
+/* Queue the statements of one record, counting them in *queued; -1 with
+ * err when the record cannot be encoded, -2 when sending failed. */
+static int pg_send_record(struct connector *c, const struct export_record *rec, unsigned *queued,
+                          char *err, size_t errlen)
+{
+    const struct pg_target *t = rec->rule->compiled;
+    const struct pg_prepared *p = pg_prepared_find(c, t->id);
+    struct pg_row row;
+    bool status = t->type == RULE_STATUS;
+    int rc = status ? pg_row_status(c, rec, true, &row, err, errlen)
+                    : pg_row_message(c, t, p, rec, &row, err, errlen);
+    if (rc < 0)
+        return -1;
+    if (!PQsendQueryPrepared(c->pg, p->write, row.n, row.values, row.lengths, row.formats, 0))
+        return -2;
+    ++*queued;
+    if (!status || !p->events[0])
+        return 0;
+    if (pg_row_status(c, rec, false, &row, err, errlen) < 0)
+        return -1;
+    if (!PQsendQueryPrepared(c->pg, p->events, row.n, row.values, row.lengths, row.formats, 0))
+        return -2;
+    ++*queued;
+    return 0;
+}
+
+static bool pg_send_simple(PGconn *pg, const char *sql)
+{
+    return PQsendQueryParams(pg, sql, 0, NULL, NULL, NULL, NULL, 0) == 1;
+}
+
+/* The first failure in a pipeline's results. */
+struct pg_failure {
+    bool seen;
+    unsigned query; /* 0 = BEGIN, 1.. statements, last = COMMIT/ROLLBACK */
+    bool reject;
+    char text[320];
+};
+
+static void pg_failure_note(struct connector *c, struct pg_failure *f, unsigned q,
+                            const PGresult *res)
+{
+    char line[256];
+    if (f->seen)
+        return;
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    f->seen = true;
+    f->query = q;
+    f->reject = PQstatus(c->pg) == CONNECTION_OK && state &&
+                (!strncmp(state, "22", 2) || !strncmp(state, "23", 2) || !strncmp(state, "54", 2));
+    snprintf(f->text, sizeof f->text, "%s (SQLSTATE %s)", pg_result_text(res, line, sizeof line),
+             state ? state : "none");
+}
+
+/* The result of the next query of the pipeline, its terminating NULL
+ * consumed; NULL when the connection broke. */
+static PGresult *pg_result_next(PGconn *pg)
+{
+    PGresult *res = PQgetResult(pg);
+    if (res && PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+        PGresult *extra;
+        for (int guard = 0; guard < 8 && (extra = PQgetResult(pg)) != NULL; guard++)
+            PQclear(extra);
+    }
+    return res;
+}
+
+/* Read nq query results and the sync. -1 when the connection broke. */
+static int pg_read_results(struct connector *c, unsigned nq, struct pg_failure *f)
+{
+    for (unsigned q = 0; q < nq; q++) {
+        PGresult *res = pg_result_next(c->pg);
+        if (!res)
+            return -1;
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_FATAL_ERROR)
+            pg_failure_note(c, f, q, res);
+        else if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_PIPELINE_ABORTED)
+            pg_failure_note(c, f, q, res);
+        PQclear(res);
+    }
+    PGresult *sync = PQgetResult(c->pg);
+    int rc = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC ? 0 : -1;
+    PQclear(sync);
+    return rc;
+}
+
+/* The record whose statement is query q (1-based after BEGIN). */
+static size_t pg_record_of(struct export_record *const *recs, size_t n, unsigned q)
+{
+    unsigned at = 1;
+    for (size_t i = 0; i < n; i++) {
+        at += pg_statements_of(recs[i]);
+        if (q < at)
+            return i;
+    }
+    return n;
+}
+
+/* One transaction for recs[0..n) in pipeline mode. CONNECTOR_OK when
+ * committed; CONNECTOR_REJECT with *bad when the server (or the encoding)
+ * refused recs[*bad] (nothing committed); CONNECTOR_RETRY otherwise. */
+static int pg_pipeline(struct connector *c, struct export_record *const *recs, size_t n,
+                       size_t *bad, char *err, size_t errlen)
+{
+    struct pg_failure f = {0};
+    char enc_err[256] = "";
+    size_t sent = 0;
+    unsigned nq = 1;
+    int enc = 0;
+    if (!PQenterPipelineMode(c->pg) || !pg_send_simple(c->pg, "BEGIN"))
+        goto broken;
+    for (; sent < n; sent++)
+        if ((enc = pg_send_record(c, recs[sent], &nq, enc_err, sizeof enc_err)) != 0)
+            break;
+    if (enc == -2)
+        goto broken;
+    /* A record that cannot be encoded ends the batch: roll back, report it. */
+    if (!pg_send_simple(c->pg, enc ? "ROLLBACK" : "COMMIT") || !PQpipelineSync(c->pg))
+        goto broken;
+    if (pg_read_results(c, nq + 1, &f) < 0 || !PQexitPipelineMode(c->pg))
+        goto broken;
+    if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+        PQclear(PQexec(c->pg, "ROLLBACK"));
+    if (enc) {
+        *bad = sent;
+        pg_fail(err, errlen, "client %s: %s", recs[sent]->client_id ? recs[sent]->client_id : "-",
+                enc_err);
+        return CONNECTOR_REJECT;
+    }
+    if (!f.seen)
+        return CONNECTOR_OK;
+    *bad = pg_record_of(recs, n, f.query);
+    if (f.reject && *bad < n) {
+        const char *cid = recs[*bad]->client_id;
+        const struct pg_target *t = recs[*bad]->rule->compiled;
+        pg_fail(err, errlen, "client %s: table %s: %s", cid ? cid : "-", t->table.text, f.text);
+        return CONNECTOR_REJECT;
+    }
+    pg_fail(err, errlen, "%s: %s", c->display, f.text);
+    return CONNECTOR_RETRY;
+broken:
+    if (!f.seen)
+        pg_fail(err, errlen, "%s: %s", c->display,
+                pg_first_line(PQerrorMessage(c->pg), f.text, sizeof f.text));
+    pg_close(c); /* mid-pipeline: nothing to salvage; open() starts afresh */
+    return CONNECTOR_RETRY;
+}
+
+/* ---- Export -------------------------------------------------------------- */
+
+/* recs[0..n): prepare their targets, then one transaction; after a refused
+ * row, the rows before it go again in a new transaction. */
+static int pg_export(struct connector *c, struct export_record *const *recs, size_t n,
+                     size_t *acked, char *err, size_t errlen)
+{
+    char prep_err[320] = "", reject_err[512] = "";
+    size_t ready = 0, lim, bad = 0;
+    bool mismatch = false;
+    *acked = 0;
+    if (!c->pg || PQstatus(c->pg) != CONNECTION_OK) {
+        pg_fail(err, errlen, "%s: not connected", c->display);
+        return CONNECTOR_RETRY;
+    }
+    pg_cache_trim(c);
+    for (; ready < n; ready++) {
+        const struct pg_target *t = recs[ready]->rule ? recs[ready]->rule->compiled : NULL;
+        if (!t || (t->type == RULE_STATUS) != (recs[ready]->kind == RECORD_STATUS)) {
+            snprintf(prep_err, sizeof prep_err, "record kind does not match its rule");
+            mismatch = true; /* this record can never be written: refuse it */
+            break;
+        }
+        if (pg_target_ready(c, t, prep_err, sizeof prep_err) < 0)
+            break;
+    }
+    for (lim = ready; lim > 0;) {
+        int rc = pg_pipeline(c, recs, lim, &bad, err, errlen);
+        if (rc == CONNECTOR_OK)
+            break;
+        if (rc == CONNECTOR_RETRY)
+            return CONNECTOR_RETRY;
+        snprintf(reject_err, sizeof reject_err, "%s", err);
+        lim = bad;
+    }
+    *acked = lim;
+    if (reject_err[0] || (lim == ready && mismatch)) {
+        pg_fail(err, errlen, "%s", reject_err[0] ? reject_err : prep_err);
+        return CONNECTOR_REJECT;
+    }
+    if (ready < n) {
+        pg_fail(err, errlen, "%s", prep_err);
+        return CONNECTOR_RETRY;
+    }
+    return CONNECTOR_OK;
+}
+
+const struct connector_ops postgres_connector = {
+    .type = "postgres",
+    .settings = pg_settings,
+    .create = pg_create,
+    .destroy = pg_destroy,
+    .compile = pg_compile,
+    .release = pg_release,
+    .open = pg_open,
+    .close = pg_close,
+    .export = pg_export,
+};

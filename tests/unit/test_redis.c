@@ -1,0 +1,1002 @@
+/* The Redis connector against real servers: the shared one of
+ * tests/services/start (MQB_REDIS_URL) and a private redis-server the
+ * test starts, freezes, kills and restarts on the same port. Covers
+ * settings and rule validation, stream/publish/lpush exports read back
+ * with exact content and per-client order, status events with the
+ * state-hash rule (late and stale events included), REJECT on WRONGTYPE
+ * without duplicates on the re-offer, RETRY when the server is unreachable,
+ * frozen or gone, recovery, NOSCRIPT, AUTH, unix sockets, and a throughput
+ * measurement (printed, not asserted).
+ *
+ * Run: tests/services/run redis -- build/test_redis */
+#include "../../connectors/connector.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check_main.h"
+
+extern const struct connector_ops redis_connector;
+static const struct connector_ops *ops = &redis_connector;
+
+/* ---- helpers: settings trees -------------------------------------------- */
+
+static const char *file_name = "conn.yaml";
+
+static struct kvmap *map_new(int line, int col)
+{
+    struct kvmap *m = calloc(1, sizeof *m);
+    ck_assert_ptr_nonnull(m);
+    m->file = file_name;
+    m->line = line;
+    m->col = col;
+    return m;
+}
+
+static void map_put(struct kvmap *m, const char *key, const char *value, int line, int col)
+{
+    m->items = realloc(m->items, (m->count + 1) * sizeof *m->items);
+    ck_assert_ptr_nonnull(m->items);
+    m->items[m->count++] = (struct kv){
+        .key = strdup(key), .value = strdup(value), .file = file_name, .line = line, .col = col};
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A short pause between polls of a condition (never a fixed wait). */
+static void poll_pause(void)
+{
+    struct timespec ts = {0, 10 * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static const char *env_url(void)
+{
+    const char *u = getenv("MQB_REDIS_URL");
+    ck_assert_msg(
+        u != NULL && *u != '\0',
+        "MQB_REDIS_URL is not set: run this test under "
+        "`tests/services/run redis -- <test>` (or eval \"$(tests/services/start redis)\")");
+    return u;
+}
+
+static void unique_name(char *out, size_t len, const char *what)
+{
+    static unsigned counter;
+    snprintf(out, len, "mqb-test:%s:%ld:%u:%ld", what, (long)getpid(), ++counter, (long)time(NULL));
+}
+
+static int free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* ---- helpers: a client of our own to look at the server ----------------- */
+
+static redisContext *client_at(const char *host, int port, const char *password)
+{
+    struct timeval tv = {5, 0};
+    redisContext *rc = redisConnectWithTimeout(host, port, tv);
+    ck_assert_msg(rc != NULL && rc->err == 0, "connect %s:%d: %s", host, port,
+                  rc ? rc->errstr : "?");
+    redisSetTimeout(rc, tv);
+    if (password != NULL) {
+        redisReply *r = redisCommand(rc, "AUTH %s", password);
+        ck_assert(r != NULL && r->type == REDIS_REPLY_STATUS);
+        freeReplyObject(r);
+    }
+    return rc;
+}
+
+static redisContext *client_shared(void)
+{
+    char host[64];
+    int port;
+    ck_assert_msg(sscanf(env_url(), "redis://%63[^:]:%d", host, &port) == 2, "url %s", env_url());
+    return client_at(host, port, NULL);
+}
+
+/* A command from argv (NULL-terminated); asserts a non-error reply. */
+static redisReply *client_cmd(redisContext *rc, const char *const *argv)
+{
+    int argc = 0;
+    while (argv[argc] != NULL)
+        argc++;
+    redisReply *r = redisCommandArgv(rc, argc, (const char **)argv, NULL);
+    ck_assert_msg(r != NULL, "%s: %s", argv[0], rc->errstr);
+    ck_assert_msg(r->type != REDIS_REPLY_ERROR, "%s: %s", argv[0], r->str);
+    return r;
+}
+
+static long long client_int(redisContext *rc, const char *const *argv)
+{
+    redisReply *r = client_cmd(rc, argv);
+    ck_assert_int_eq(r->type, REDIS_REPLY_INTEGER);
+    long long v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
+/* The value of field in a flat [field, value, ...] array, or NULL. */
+static const redisReply *field_of(const redisReply *arr, const char *field)
+{
+    for (size_t i = 0; i + 1 < arr->elements; i += 2)
+        if (strcmp(arr->element[i]->str, field) == 0)
+            return arr->element[i + 1];
+    return NULL;
+}
+
+static void assert_field(const redisReply *arr, const char *field, const void *want, size_t len)
+{
+    const redisReply *v = field_of(arr, field);
+    ck_assert_msg(v != NULL, "field %s missing", field);
+    ck_assert_msg(v->len == len && memcmp(v->str, want, len) == 0, "field %s: '%.*s'", field,
+                  (int)v->len, v->str);
+}
+
+static void assert_field_str(const redisReply *arr, const char *field, const char *want)
+{
+    assert_field(arr, field, want, strlen(want));
+}
+
+/* ---- helpers: connector, rules, records --------------------------------- */
+
+static struct connector *conn_make(const char *url, const char *connect_ms, const char *cmd_ms)
+{
+    char err[512] = "";
+    struct connector *c = NULL;
+    struct kvmap *s = map_new(2, 3);
+    map_put(s, "url", url, 3, 5);
+    if (connect_ms != NULL)
+        map_put(s, "connect_timeout_ms", connect_ms, 4, 5);
+    if (cmd_ms != NULL)
+        map_put(s, "command_timeout_ms", cmd_ms, 5, 5);
+    ck_assert_msg(ops->create("r", s, &c, err, sizeof err) == 0, "create: %s", err);
+    kvmap_free(s);
+    return c;
+}
+
+static void conn_open(struct connector *c)
+{
+    char err[512] = "";
+    ck_assert_msg(ops->open(c, err, sizeof err) == 0, "open: %s", err);
+}
+
+static struct rule *rule_make(struct connector *c, enum rule_type type, const char *const *pairs)
+{
+    char err[512] = "";
+    struct rule *r = calloc(1, sizeof *r);
+    ck_assert_ptr_nonnull(r);
+    r->name = strdup(type == RULE_STATUS ? "status-rule" : "out-rule");
+    r->type = type;
+    r->enabled = true;
+    r->options = map_new(10, 5);
+    for (int i = 0; pairs[i] != NULL; i += 2)
+        map_put(r->options, pairs[i], pairs[i + 1], 11 + i / 2, 7);
+    ck_assert_msg(ops->compile(c, r, &r->compiled, err, sizeof err) == 0, "compile: %s", err);
+    return r;
+}
+
+static void rule_free(struct connector *c, struct rule *r)
+{
+    ops->release(c, r->compiled);
+    kvmap_free(r->options);
+    free(r->name);
+    free(r);
+}
+
+/* Messages from `clients` clients, interleaved; record i: msg_id base+i,
+ * seqno base+i, payload "c<k>#<j>" + a NUL byte + "|bin" (binary safe). */
+struct batch {
+    size_t n;
+    struct export_record *recs;
+    struct export_record **ptrs;
+    char (*payload)[64];
+    char (*client)[32];
+    char (*topic)[32];
+};
+
+static void batch_messages(struct batch *b, size_t n, const struct rule *r, int clients,
+                           uint64_t base)
+{
+    b->n = n;
+    b->recs = calloc(n, sizeof *b->recs);
+    b->ptrs = calloc(n, sizeof *b->ptrs);
+    b->payload = calloc(n, sizeof *b->payload);
+    b->client = calloc(n, sizeof *b->client);
+    b->topic = calloc(n, sizeof *b->topic);
+    ck_assert(b->recs && b->ptrs && b->payload && b->client && b->topic);
+    for (size_t i = 0; i < n; i++) {
+        int k = (int)(i % (size_t)clients);
+        snprintf(b->client[i], sizeof b->client[i], "GID_t@@@dev%d", k);
+        snprintf(b->topic[i], sizeof b->topic[i], "Sensor/%zu", i);
+        int len = snprintf(b->payload[i], sizeof b->payload[i], "c%d#%zu", k, i / (size_t)clients);
+        memcpy(b->payload[i] + len + 1, "|bin", 4);
+        b->recs[i] = (struct export_record){.seqno = base + i,
+                                            .kind = RECORD_MESSAGE,
+                                            .rule = r,
+                                            .msg_id = base + i,
+                                            .time_ms = 1700000000000 + (int64_t)i,
+                                            .qos = (uint8_t)(i % 3),
+                                            .client_id = b->client[i],
+                                            .topic = b->topic[i],
+                                            .payload = (const uint8_t *)b->payload[i],
+                                            .payload_len = (uint32_t)len + 5};
+        b->ptrs[i] = &b->recs[i];
+    }
+}
+
+static void batch_free(struct batch *b)
+{
+    free(b->recs);
+    free(b->ptrs);
+    free(b->payload);
+    free(b->client);
+    free(b->topic);
+}
+
+static int export_batch(struct connector *c, struct export_record *const *recs, size_t n,
+                        size_t *acked, char *err, size_t errlen)
+{
+    err[0] = '\0';
+    *acked = (size_t)-1;
+    return ops->export(c, recs, n, acked, err, errlen);
+}
+
+/* ---- settings and rule validation --------------------------------------- */
+
+struct settings_case {
+    const char *desc;
+    const char *pairs[6];
+    const char *want; /* substring of the error; NULL = accepted */
+};
+
+static const struct settings_case settings_cases[] = {
+    {"tcp url", {"url", "redis://127.0.0.1:6379/2", NULL}, NULL},
+    {"password, ipv6, timeouts",
+     {"url", "redis://:p%40ss@[::1]:7000", "command_timeout_ms", "100", NULL},
+     NULL},
+    {"user and password", {"url", "redis://default:pw@localhost", NULL}, NULL},
+    {"unix socket", {"url", "unix:///run/redis.sock?db=3&password=p%26w", NULL}, NULL},
+    {"unix socket, bad parameter",
+     {"url", "unix:///run/redis.sock?tls=1", NULL},
+     "url: unknown query parameter"},
+    {"unknown key",
+     {"url", "redis://h", "ulr", "x"},
+     "conn.yaml:4:5: connector 'r': unknown key 'ulr'"},
+    {"missing url",
+     {"connect_timeout_ms", "5", NULL},
+     "conn.yaml:2:3: connector 'r': missing required key 'url'"},
+    {"tls", {"url", "rediss://h:1", NULL}, "conn.yaml:3:5: connector 'r': url: TLS"},
+    {"bad scheme", {"url", "http://h", NULL}, "url: expected redis://"},
+    {"bad port", {"url", "redis://h:99999", NULL}, "url: bad port"},
+    {"no host", {"url", "redis://:1", NULL}, "url: missing host"},
+    {"bad db", {"url", "redis://h:1/x", NULL}, "url: bad database number"},
+    {"credentials without colon, password not echoed",
+     {"url", "redis://s3cret@h:1", NULL},
+     "url: credentials must be"},
+    {"bad escape in password", {"url", "redis://:s3%zzcret@h", NULL}, "url: bad %-escape"},
+    {"bad timeout",
+     {"url", "redis://h", "connect_timeout_ms", "0"},
+     "conn.yaml:4:5: connect_timeout_ms: expected 1..600000"},
+};
+
+START_TEST(test_settings_validation)
+{
+    const struct settings_case *tc = &settings_cases[_i];
+    char err[512] = "";
+    struct connector *c = NULL;
+    struct kvmap *s = map_new(2, 3);
+    for (int i = 0; i < 6 && tc->pairs[i] != NULL; i += 2)
+        map_put(s, tc->pairs[i], tc->pairs[i + 1], 3 + i / 2, 5);
+    int rc = ops->create("r", s, &c, err, sizeof err);
+    if (tc->want == NULL) {
+        ck_assert_msg(rc == 0, "%s: %s", tc->desc, err);
+        ck_assert_ptr_nonnull(c);
+    } else {
+        ck_assert_msg(rc != 0, "%s: accepted", tc->desc);
+        ck_assert_ptr_null(c);
+        ck_assert_msg(strstr(err, tc->want) != NULL, "%s: got '%s', want '%s'", tc->desc, err,
+                      tc->want);
+        ck_assert_msg(strstr(err, "s3") == NULL, "%s: password in '%s'", tc->desc, err);
+    }
+    ops->destroy(c);
+    kvmap_free(s);
+}
+END_TEST
+
+struct rule_case {
+    const char *desc;
+    enum rule_type type;
+    const char *pairs[8];
+    const char *want;
+};
+
+static const struct rule_case rule_cases[] = {
+    {"stream", RULE_OUTBOUND, {"key", "mqtt:${topic}", "maxlen", "1000", NULL}, NULL},
+    {"publish", RULE_OUTBOUND, {"mode", "publish", "key", "chan", NULL}, NULL},
+    {"lpush", RULE_OUTBOUND, {"mode", "lpush", "key", "list:${device}", NULL}, NULL},
+    {"status", RULE_STATUS, {"stream", "events", "hash_prefix", "p:", NULL}, NULL},
+    {"bad mode",
+     RULE_OUTBOUND,
+     {"mode", "fifo", "key", "k", NULL},
+     "conn.yaml:11:7: rule 'out-rule': mode 'fifo': expected stream, publish or lpush"},
+    {"maxlen with publish",
+     RULE_OUTBOUND,
+     {"mode", "publish", "key", "k", "maxlen", "5"},
+     "conn.yaml:13:7: rule 'out-rule': maxlen applies to mode stream only"},
+    {"bad maxlen",
+     RULE_OUTBOUND,
+     {"key", "k", "maxlen", "-1", NULL},
+     "conn.yaml:12:7: rule 'out-rule': maxlen: expected a positive integer"},
+    {"missing key",
+     RULE_OUTBOUND,
+     {"mode", "stream", NULL},
+     "conn.yaml:10:5: rule 'out-rule': missing required key 'key'"},
+    {"unknown key",
+     RULE_OUTBOUND,
+     {"key", "k", "topic", "t", NULL},
+     "conn.yaml:12:7: rule 'out-rule': unknown key 'topic'"},
+    {"bad template",
+     RULE_OUTBOUND,
+     {"key", "mqtt:${clientId}", NULL},
+     "conn.yaml:11:7: rule 'out-rule': key: "},
+    {"status without stream",
+     RULE_STATUS,
+     {"hash_prefix", "p:", NULL},
+     "missing required key 'stream'"},
+    {"status has no mode",
+     RULE_STATUS,
+     {"stream", "s", "mode", "publish", NULL},
+     "unknown key 'mode'"},
+    {"inbound", RULE_INBOUND, {"key", "k", NULL}, "not supported"},
+};
+
+START_TEST(test_rule_validation)
+{
+    const struct rule_case *tc = &rule_cases[_i];
+    char err[512] = "";
+    struct connector *c = conn_make("redis://127.0.0.1:9", NULL, NULL);
+    char name[16];
+    snprintf(name, sizeof name, "%s", tc->type == RULE_STATUS ? "status-rule" : "out-rule");
+    struct rule r = {.name = name, .type = tc->type, .options = map_new(10, 5)};
+    for (int i = 0; i < 8 && tc->pairs[i] != NULL; i += 2)
+        map_put(r.options, tc->pairs[i], tc->pairs[i + 1], 11 + i / 2, 7);
+    void *compiled = NULL;
+    int rc = ops->compile(c, &r, &compiled, err, sizeof err);
+    if (tc->want == NULL) {
+        ck_assert_msg(rc == 0, "%s: %s", tc->desc, err);
+        ck_assert_ptr_nonnull(compiled);
+    } else {
+        ck_assert_msg(rc != 0, "%s: accepted", tc->desc);
+        ck_assert_ptr_null(compiled);
+        ck_assert_msg(strstr(err, tc->want) != NULL, "%s: got '%s', want '%s'", tc->desc, err,
+                      tc->want);
+    }
+    ops->release(c, compiled);
+    kvmap_free(r.options);
+    ops->destroy(c);
+}
+END_TEST
+
+/* ---- messages ------------------------------------------------------------ */
+
+/* 3 clients x 20 messages, one stream per client: each stream holds that
+ * client's messages in order, every field exact, payload binary-safe. */
+START_TEST(test_stream_read_back)
+{
+    char prefix[128], key[160], err[512];
+    size_t acked;
+    unique_name(prefix, sizeof prefix, "stream");
+    snprintf(key, sizeof key, "%s:${device}", prefix);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"key", key, NULL});
+    conn_open(c);
+    struct batch b;
+    batch_messages(&b, 60, r, 3, 500);
+    ck_assert_int_eq(export_batch(c, b.ptrs, 25, &acked, err, sizeof err), CONNECTOR_OK);
+    ck_assert_uint_eq(acked, 25);
+    ck_assert_int_eq(export_batch(c, b.ptrs + 25, 35, &acked, err, sizeof err), CONNECTOR_OK);
+    ck_assert_uint_eq(acked, 35);
+    redisContext *rc = client_shared();
+    for (int k = 0; k < 3; k++) {
+        char stream[200];
+        snprintf(stream, sizeof stream, "%s:dev%d", prefix, k);
+        redisReply *x = client_cmd(rc, (const char *[]){"XRANGE", stream, "-", "+", NULL});
+        ck_assert_uint_eq(x->elements, 20);
+        for (size_t j = 0; j < x->elements; j++) {
+            const struct export_record *want = &b.recs[j * 3 + (size_t)k]; /* client order */
+            const redisReply *f = x->element[j]->element[1];
+            char msgid[17], qos[4], ts[24];
+            snprintf(msgid, sizeof msgid, "%016" PRIx64, want->msg_id);
+            snprintf(qos, sizeof qos, "%u", want->qos);
+            snprintf(ts, sizeof ts, "%" PRId64, want->time_ms);
+            ck_assert_uint_eq(f->elements, 12);
+            assert_field_str(f, "msgid", msgid);
+            assert_field_str(f, "topic", want->topic);
+            assert_field_str(f, "clientid", want->client_id);
+            assert_field_str(f, "qos", qos);
+            assert_field_str(f, "timestamp", ts);
+            assert_field(f, "payload", want->payload, want->payload_len);
+        }
+        freeReplyObject(x);
+    }
+    redisFree(rc);
+    batch_free(&b);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+START_TEST(test_lpush_and_publish)
+{
+    char list[128], chan[128], err[512];
+    size_t acked;
+    unique_name(list, sizeof list, "list");
+    unique_name(chan, sizeof chan, "chan");
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *rl =
+        rule_make(c, RULE_OUTBOUND, (const char *[]){"mode", "lpush", "key", list, NULL});
+    struct rule *rp =
+        rule_make(c, RULE_OUTBOUND, (const char *[]){"mode", "publish", "key", chan, NULL});
+    conn_open(c);
+    redisContext *sub = client_shared();
+    redisReply *s = client_cmd(sub, (const char *[]){"SUBSCRIBE", chan, NULL});
+    freeReplyObject(s);
+    struct batch b;
+    batch_messages(&b, 6, rl, 2, 1);
+    for (size_t i = 3; i < 6; i++)
+        b.recs[i].rule = rp; /* mixed rules in one batch */
+    ck_assert_int_eq(export_batch(c, b.ptrs, 6, &acked, err, sizeof err), CONNECTOR_OK);
+    ck_assert_uint_eq(acked, 6);
+    redisContext *rc = client_shared();
+    redisReply *x = client_cmd(rc, (const char *[]){"LRANGE", list, "0", "-1", NULL});
+    ck_assert_uint_eq(x->elements, 3);
+    for (size_t i = 0; i < 3; i++) /* LPUSH: newest first */
+        ck_assert_mem_eq(x->element[2 - i]->str, b.recs[i].payload, b.recs[i].payload_len);
+    freeReplyObject(x);
+    for (size_t i = 3; i < 6; i++) {
+        redisReply *m = NULL;
+        ck_assert_int_eq(redisGetReply(sub, (void **)&m), REDIS_OK);
+        ck_assert_uint_eq(m->elements, 3);
+        ck_assert_str_eq(m->element[0]->str, "message");
+        ck_assert_str_eq(m->element[1]->str, chan);
+        ck_assert_uint_eq(m->element[2]->len, b.recs[i].payload_len);
+        ck_assert_mem_eq(m->element[2]->str, b.recs[i].payload, b.recs[i].payload_len);
+        freeReplyObject(m);
+    }
+    redisFree(sub);
+    redisFree(rc);
+    batch_free(&b);
+    ops->close(c);
+    rule_free(c, rl);
+    rule_free(c, rp);
+    ops->destroy(c);
+}
+END_TEST
+
+START_TEST(test_stream_maxlen)
+{
+    char key[128], err[512];
+    size_t acked;
+    unique_name(key, sizeof key, "maxlen");
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r =
+        rule_make(c, RULE_OUTBOUND, (const char *[]){"key", key, "maxlen", "10", NULL});
+    conn_open(c);
+    struct batch b;
+    batch_messages(&b, 1000, r, 1, 1);
+    ck_assert_int_eq(export_batch(c, b.ptrs, b.n, &acked, err, sizeof err), CONNECTOR_OK);
+    ck_assert_uint_eq(acked, 1000);
+    redisContext *rc = client_shared();
+    long long len = client_int(rc, (const char *[]){"XLEN", key, NULL});
+    ck_assert_msg(len >= 10 && len < 1000, "XLEN %lld", len); /* ~ trims whole nodes */
+    redisFree(rc);
+    batch_free(&b);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* ---- status events and the state rule ------------------------------------ */
+
+struct state_step {
+    const char *desc, *event, *channel;
+    const char *seq;
+    /* the state after the step */
+    const char *online, *state_seq, *state_channel, *state_event;
+};
+
+/* One client; channels A then B (a reconnect); late and stale events must
+ * not move the state; seqs beyond 2^53 compare exactly. */
+static const struct state_step state_steps[] = {
+    {"first connect", "connect", "A", "10", "1", "10", "A", "connect"},
+    {"reconnect on B", "connect", "B", "20", "1", "20", "B", "connect"},
+    {"late tcpclean of A (older seq)", "tcpclean", "A", "15", "1", "20", "B", "connect"},
+    {"stale tcpclean of A (newer seq)", "tcpclean", "A", "25", "1", "20", "B", "connect"},
+    {"disconnect B", "disconnect", "B", "30", "0", "30", "B", "disconnect"},
+    {"tcpclean B", "tcpclean", "B", "31", "0", "31", "B", "tcpclean"},
+    {"duplicate tcpclean B", "tcpclean", "B", "31", "0", "31", "B", "tcpclean"},
+    {"late connect C (older seq)", "connect", "C", "29", "0", "31", "B", "tcpclean"},
+    {"connect D at 2^53", "connect", "D", "9007199254740992", "1", "9007199254740992", "D",
+     "connect"},
+    {"connect E at 2^53+1 (same double)", "connect", "E", "9007199254740993", "1",
+     "9007199254740993", "E", "connect"},
+    {"late connect G at 2^53", "connect", "G", "9007199254740992", "1", "9007199254740993", "E",
+     "connect"},
+    {"connect F, 20 digits", "connect", "F", "18446744073709551615", "1", "18446744073709551615",
+     "F", "connect"},
+};
+
+struct status_rec {
+    struct export_record rec;
+    char body[256];
+};
+
+static void status_make(struct status_rec *s, const struct rule *r, uint64_t seqno,
+                        const char *client, const char *event, const char *channel, const char *seq,
+                        int64_t time_ms)
+{
+    int len = snprintf(s->body, sizeof s->body,
+                       "{\"clientId\":\"%s\",\"time\":%" PRId64 ",\"eventType\":\"%s\","
+                       "\"channelId\":\"%s\",\"clientIp\":\"10.0.0.5:1\",\"seq\":%s}",
+                       client, time_ms, event, channel, seq);
+    s->rec = (struct export_record){.seqno = seqno,
+                                    .kind = RECORD_STATUS,
+                                    .rule = r,
+                                    .msg_id = strtoull(seq, NULL, 10),
+                                    .time_ms = time_ms,
+                                    .client_id = client,
+                                    .payload = (const uint8_t *)s->body,
+                                    .payload_len = (uint32_t)len,
+                                    .event_type = event,
+                                    .channel_id = channel,
+                                    .client_ip = "10.0.0.5:1"};
+}
+
+static void check_state(redisContext *rc, const char *hash, const struct state_step *st,
+                        const char *client)
+{
+    redisReply *h = client_cmd(rc, (const char *[]){"HGETALL", hash, NULL});
+    ck_assert_msg(h->elements == 14, "%s: %zu fields", st->desc, h->elements / 2);
+    const struct {
+        const char *field, *want;
+    } want[] = {
+        {"online", st->online},         {"seq", st->state_seq}, {"channelId", st->state_channel},
+        {"eventType", st->state_event}, {"clientId", client},   {"clientIp", "10.0.0.5:1"}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const redisReply *v = field_of(h, want[i].field);
+        ck_assert_msg(v != NULL && strcmp(v->str, want[i].want) == 0, "%s: %s = %s, want %s",
+                      st->desc, want[i].field, v ? v->str : "(none)", want[i].want);
+    }
+    ck_assert_ptr_nonnull(field_of(h, "since"));
+    freeReplyObject(h);
+}
+
+/* Step by step (one export each), then the whole table again in one batch
+ * in reverse order: the state ends the same, the stream has every event. */
+START_TEST(test_status_state_rule)
+{
+    enum { STEPS = sizeof state_steps / sizeof state_steps[0] };
+    char stream[128], prefix[128], hash[200], err[512];
+    struct status_rec recs[STEPS];
+    size_t acked;
+    unique_name(stream, sizeof stream, "events");
+    unique_name(prefix, sizeof prefix, "presence");
+    strcat(prefix, ":");
+    const char *client = "GID_s@@@d1";
+    snprintf(hash, sizeof hash, "%s%s", prefix, client);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r =
+        rule_make(c, RULE_STATUS, (const char *[]){"stream", stream, "hash_prefix", prefix, NULL});
+    conn_open(c);
+    redisContext *rc = client_shared();
+    for (size_t i = 0; i < STEPS; i++) {
+        const struct state_step *st = &state_steps[i];
+        struct export_record *p = &recs[i].rec;
+        status_make(&recs[i], r, i + 1, client, st->event, st->channel, st->seq, 1000 + (int64_t)i);
+        ck_assert_int_eq(export_batch(c, &p, 1, &acked, err, sizeof err), CONNECTOR_OK);
+        ck_assert_uint_eq(acked, 1);
+        check_state(rc, hash, st, client);
+    }
+    redisReply *x = client_cmd(rc, (const char *[]){"XRANGE", stream, "-", "+", NULL});
+    ck_assert_uint_eq(x->elements, STEPS);
+    const redisReply *f = x->element[2]->element[1];
+    assert_field_str(f, "clientId", client);
+    assert_field_str(f, "time", "1002");
+    assert_field_str(f, "eventType", "tcpclean");
+    assert_field_str(f, "channelId", "A");
+    assert_field_str(f, "clientIp", "10.0.0.5:1");
+    assert_field_str(f, "seq", "15");
+    assert_field(f, "body", recs[2].body, strlen(recs[2].body));
+    freeReplyObject(x);
+
+    /* a second client gets the events in reverse order, in one batch */
+    const char *client2 = "GID_s@@@d2";
+    char hash2[200];
+    struct export_record *ptrs[STEPS];
+    snprintf(hash2, sizeof hash2, "%s%s", prefix, client2);
+    for (size_t i = 0; i < STEPS; i++) {
+        const struct state_step *st = &state_steps[STEPS - 1 - i];
+        status_make(&recs[i], r, 100 + i, client2, st->event, st->channel, st->seq, 2000);
+        ptrs[i] = &recs[i].rec;
+    }
+    ck_assert_int_eq(export_batch(c, ptrs, STEPS, &acked, err, sizeof err), CONNECTOR_OK);
+    ck_assert_uint_eq(acked, STEPS);
+    check_state(rc, hash2, &state_steps[STEPS - 1], client2);
+    redisFree(rc);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* A first event that is not a connect still creates the state (offline). */
+START_TEST(test_status_first_event_offline)
+{
+    char stream[128], prefix[128], hash[200], err[512];
+    struct status_rec s;
+    size_t acked;
+    unique_name(stream, sizeof stream, "events");
+    unique_name(prefix, sizeof prefix, "presence");
+    strcat(prefix, ":");
+    snprintf(hash, sizeof hash, "%sGID_s@@@d9", prefix);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r =
+        rule_make(c, RULE_STATUS, (const char *[]){"stream", stream, "hash_prefix", prefix, NULL});
+    conn_open(c);
+    status_make(&s, r, 1, "GID_s@@@d9", "tcpclean", "Z", "5", 77);
+    struct export_record *p = &s.rec;
+    ck_assert_int_eq(export_batch(c, &p, 1, &acked, err, sizeof err), CONNECTOR_OK);
+    redisContext *rc = client_shared();
+    const struct state_step want = {"first tcpclean", NULL, NULL, NULL, "0", "5", "Z", "tcpclean"};
+    check_state(rc, hash, &want, "GID_s@@@d9");
+    redisReply *h = client_cmd(rc, (const char *[]){"HGET", hash, "since", NULL});
+    ck_assert_str_eq(h->str, "77");
+    freeReplyObject(h);
+    redisFree(rc);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* ---- REJECT -------------------------------------------------------------- */
+
+/* Record 2's stream key holds a string: REJECT at 2 with 0 and 1 written;
+ * the engine's re-offer of 3..4 is acknowledged without writing them twice
+ * (they were written in the first round). */
+START_TEST(test_reject_wrongtype)
+{
+    char prefix[128], key[160], bad[200], err[512];
+    size_t acked;
+    unique_name(prefix, sizeof prefix, "wrongtype");
+    snprintf(key, sizeof key, "%s:${topic}", prefix);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"key", key, NULL});
+    conn_open(c);
+    struct batch b;
+    batch_messages(&b, 5, r, 1, 10);
+    redisContext *rc = client_shared();
+    snprintf(bad, sizeof bad, "%s:%s", prefix, b.recs[2].topic);
+    freeReplyObject(client_cmd(rc, (const char *[]){"SET", bad, "a string", NULL}));
+    ck_assert_int_eq(export_batch(c, b.ptrs, 5, &acked, err, sizeof err), CONNECTOR_REJECT);
+    ck_assert_uint_eq(acked, 2);
+    ck_assert_msg(strstr(err, "record 2") && strstr(err, "WRONGTYPE"), "err: %s", err);
+    ck_assert_int_eq(export_batch(c, b.ptrs + 3, 2, &acked, err, sizeof err), CONNECTOR_OK);
+    ck_assert_uint_eq(acked, 2);
+    for (size_t i = 0; i < 5; i++) {
+        char stream[200];
+        snprintf(stream, sizeof stream, "%s:%s", prefix, b.recs[i].topic);
+        if (i == 2)
+            continue;
+        ck_assert_int_eq(client_int(rc, (const char *[]){"XLEN", stream, NULL}), 1);
+    }
+    /* a later batch is written normally again */
+    ck_assert_int_eq(export_batch(c, b.ptrs + 3, 2, &acked, err, sizeof err), CONNECTOR_OK);
+    char s4[200];
+    snprintf(s4, sizeof s4, "%s:%s", prefix, b.recs[4].topic);
+    ck_assert_int_eq(client_int(rc, (const char *[]){"XLEN", s4, NULL}), 2);
+    redisFree(rc);
+    batch_free(&b);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* ---- RETRY, outage and recovery on a private server ------------------------ */
+
+static char priv_dir[128];
+static int priv_port;
+static pid_t priv_pid;
+static const char *priv_password = "s3cret-pw";
+
+static void priv_setup(void)
+{
+    snprintf(priv_dir, sizeof priv_dir, "/tmp/mqb_test_redis_XXXXXX");
+    if (mkdtemp(priv_dir) == NULL)
+        priv_dir[0] = '\0';
+}
+
+/* Kills the server named by the pid file, if any (a test that failed
+ * leaves its server running; the next start or the teardown ends it). */
+static void priv_kill_stale(void)
+{
+    char path[256];
+    long pid = 0;
+    snprintf(path, sizeof path, "%s/redis.pid", priv_dir);
+    FILE *f = fopen(path, "r");
+    if (f != NULL && fscanf(f, "%ld", &pid) == 1 && pid > 0) {
+        kill((pid_t)pid, SIGCONT);
+        kill((pid_t)pid, SIGKILL);
+    }
+    if (f != NULL)
+        fclose(f);
+    unlink(path);
+}
+
+/* Unchecked (runs in the parent, also after a failed test). */
+static void priv_teardown(void)
+{
+    char path[400];
+    priv_kill_stale();
+    DIR *d = opendir(priv_dir);
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", priv_dir, e->d_name);
+        unlink(path);
+    }
+    if (d != NULL)
+        closedir(d);
+    rmdir(priv_dir);
+}
+
+/* redis-server in the foreground on priv_port, with a password and a unix
+ * socket; returns once it answers PING. */
+static void priv_start(void)
+{
+    char port[8], pidfile[200], sock[200], log[200];
+    snprintf(port, sizeof port, "%d", priv_port);
+    snprintf(pidfile, sizeof pidfile, "%s/redis.pid", priv_dir);
+    snprintf(sock, sizeof sock, "%s/redis.sock", priv_dir);
+    snprintf(log, sizeof log, "%s/redis.log", priv_dir);
+    priv_kill_stale();
+    priv_pid = fork();
+    ck_assert_int_ge(priv_pid, 0);
+    if (priv_pid == 0) {
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", priv_dir, "--pidfile", pidfile, "--unixsocket", sock,
+               "--logfile", log, "--requirepass", priv_password, (char *)NULL);
+        _exit(127);
+    }
+    double deadline = now_s() + 10;
+    while (now_s() < deadline) {
+        struct timeval tv = {1, 0};
+        redisContext *rc = redisConnectWithTimeout("127.0.0.1", priv_port, tv);
+        bool up = rc != NULL && rc->err == 0;
+        redisFree(rc);
+        if (up)
+            return;
+        ck_assert_int_eq(waitpid(priv_pid, NULL, WNOHANG), 0); /* still running */
+        poll_pause();
+    }
+    ck_abort_msg("private redis-server did not come up on port %d", priv_port);
+}
+
+static void priv_kill(void)
+{
+    kill(priv_pid, SIGCONT);
+    ck_assert_int_eq(kill(priv_pid, SIGKILL), 0);
+    ck_assert_int_eq(waitpid(priv_pid, NULL, 0), priv_pid);
+    priv_pid = 0;
+    char path[256];
+    snprintf(path, sizeof path, "%s/redis.pid", priv_dir);
+    unlink(path);
+}
+
+START_TEST(test_retry_unreachable)
+{
+    char url[64], err[512];
+    size_t acked;
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", free_port());
+    struct connector *c = conn_make(url, "300", "300");
+    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"key", "k", NULL});
+    double t0 = now_s();
+    ck_assert_int_eq(ops->open(c, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert(now_s() - t0 < 1.0);
+    ck_assert_msg(strstr(err, "cannot connect to 127.0.0.1:"), "err: %s", err);
+    struct batch b;
+    batch_messages(&b, 3, r, 1, 1);
+    ck_assert_int_eq(export_batch(c, b.ptrs, 3, &acked, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_uint_eq(acked, 0);
+    batch_free(&b);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* Frozen (SIGSTOP): RETRY after command_timeout_ms. Gone (SIGKILL): RETRY
+ * at once, open() RETRY. Restarted on the same port: open() + export work. */
+START_TEST(test_outage_and_recovery)
+{
+    char url[128], key[128], err[512];
+    size_t acked;
+    ck_assert_msg(priv_dir[0] != '\0', "mkdtemp failed");
+    priv_port = free_port();
+    priv_start();
+    snprintf(url, sizeof url, "redis://:%s@127.0.0.1:%d/0", priv_password, priv_port);
+    unique_name(key, sizeof key, "outage");
+    struct connector *c = conn_make(url, "300", "500");
+    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"key", key, NULL});
+    conn_open(c);
+    struct batch b;
+    batch_messages(&b, 30, r, 2, 1);
+    ck_assert_int_eq(export_batch(c, b.ptrs, 10, &acked, err, sizeof err), CONNECTOR_OK);
+
+    ck_assert_int_eq(kill(priv_pid, SIGSTOP), 0);
+    double t0 = now_s();
+    ck_assert_int_eq(export_batch(c, b.ptrs + 10, 10, &acked, err, sizeof err), CONNECTOR_RETRY);
+    double took = now_s() - t0;
+    ck_assert_uint_eq(acked, 0);
+    ck_assert_msg(took >= 0.4 && took < 2.0, "RETRY after %.2f s", took);
+    ck_assert_msg(strstr(err, "connection lost"), "err: %s", err);
+
+    priv_kill();
+    ck_assert_int_eq(export_batch(c, b.ptrs + 10, 10, &acked, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_uint_eq(acked, 0);
+    t0 = now_s();
+    ck_assert_int_eq(ops->open(c, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert(now_s() - t0 < 1.0);
+
+    priv_start(); /* same port; no persistence: the stream starts empty */
+    conn_open(c);
+    ck_assert_int_eq(export_batch(c, b.ptrs + 10, 20, &acked, err, sizeof err), CONNECTOR_OK);
+    ck_assert_uint_eq(acked, 20);
+    redisContext *rc = client_at("127.0.0.1", priv_port, priv_password);
+    ck_assert_int_eq(client_int(rc, (const char *[]){"XLEN", key, NULL}), 20);
+    redisFree(rc);
+    batch_free(&b);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* A wrong password: RETRY from open() and the error never shows it.
+ * Over the unix socket with ?db=3&password=: a SCRIPT FLUSH under the
+ * live connection makes EVALSHA say NOSCRIPT; the connector reloads the
+ * script and still applies the state rule. */
+START_TEST(test_auth_unix_noscript)
+{
+    char url[300], stream[128], err[512];
+    size_t acked;
+    ck_assert_msg(priv_dir[0] != '\0', "mkdtemp failed");
+    priv_port = free_port();
+    priv_start();
+    snprintf(url, sizeof url, "redis://:wrong-pw-123@127.0.0.1:%d", priv_port);
+    struct connector *c = conn_make(url, NULL, NULL);
+    ck_assert_int_eq(ops->open(c, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_msg(strstr(err, "AUTH") && !strstr(err, "wrong-pw"), "err: %s", err);
+    ops->destroy(c);
+
+    snprintf(url, sizeof url, "unix://%s/redis.sock?db=3&password=%s", priv_dir, priv_password);
+    c = conn_make(url, NULL, NULL);
+    unique_name(stream, sizeof stream, "ev");
+    struct rule *r = rule_make(c, RULE_STATUS, (const char *[]){"stream", stream, NULL});
+    conn_open(c);
+    redisContext *rc = client_at("127.0.0.1", priv_port, priv_password);
+    freeReplyObject(client_cmd(rc, (const char *[]){"SELECT", "3", NULL}));
+    freeReplyObject(client_cmd(rc, (const char *[]){"SCRIPT", "FLUSH", NULL}));
+    struct status_rec ev[2];
+    struct export_record *ptrs[2] = {&ev[0].rec, &ev[1].rec};
+    status_make(&ev[0], r, 1, "GID_u@@@x", "connect", "A", "1", 10);
+    status_make(&ev[1], r, 2, "GID_u@@@x", "disconnect", "A", "2", 11);
+    ck_assert_int_eq(export_batch(c, ptrs, 2, &acked, err, sizeof err), CONNECTOR_OK);
+    ck_assert_uint_eq(acked, 2);
+    const struct state_step want = {"after NOSCRIPT", NULL, NULL, NULL, "0", "2", "A",
+                                    "disconnect"};
+    check_state(rc, "mqtt:presence:GID_u@@@x", &want, "GID_u@@@x");
+    ck_assert_int_eq(client_int(rc, (const char *[]){"XLEN", stream, NULL}), 2);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+    redisFree(rc);
+    priv_kill();
+}
+END_TEST
+
+/* ---- throughput ------------------------------------------------------------ */
+
+START_TEST(test_throughput)
+{
+    enum { N = 100000, BATCH = 10000 };
+    char key[128], err[512];
+    size_t acked;
+    unique_name(key, sizeof key, "perf");
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"key", key, NULL});
+    conn_open(c);
+    struct batch b;
+    batch_messages(&b, N, r, 100, 1);
+    static uint8_t payload[64];
+    memset(payload, 'p', sizeof payload);
+    for (size_t i = 0; i < N; i++) {
+        b.recs[i].payload = payload;
+        b.recs[i].payload_len = sizeof payload;
+    }
+    double t0 = now_s();
+    for (size_t i = 0; i < N; i += BATCH) {
+        ck_assert_int_eq(export_batch(c, b.ptrs + i, BATCH, &acked, err, sizeof err), CONNECTOR_OK);
+        ck_assert_uint_eq(acked, BATCH);
+    }
+    double took = now_s() - t0;
+    printf("redis: %d records of 64 bytes (XADD) in batches of %d: %.2f s, %.0f records/s\n", N,
+           BATCH, took, N / took);
+    redisContext *rc = client_shared();
+    ck_assert_int_eq(client_int(rc, (const char *[]){"XLEN", key, NULL}), N);
+    freeReplyObject(client_cmd(rc, (const char *[]){"DEL", key, NULL}));
+    redisFree(rc);
+    batch_free(&b);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+static Suite *redis_suite(void)
+{
+    Suite *s = suite_create("redis");
+    TCase *tc = tcase_create("config");
+    tcase_add_loop_test(tc, test_settings_validation, 0,
+                        sizeof settings_cases / sizeof settings_cases[0]);
+    tcase_add_loop_test(tc, test_rule_validation, 0, sizeof rule_cases / sizeof rule_cases[0]);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("server");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_stream_read_back);
+    tcase_add_test(tc, test_lpush_and_publish);
+    tcase_add_test(tc, test_stream_maxlen);
+    tcase_add_test(tc, test_status_state_rule);
+    tcase_add_test(tc, test_status_first_event_offline);
+    tcase_add_test(tc, test_reject_wrongtype);
+    tcase_add_test(tc, test_retry_unreachable);
+    tcase_add_test(tc, test_throughput);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("private");
+    tcase_set_timeout(tc, 60);
+    tcase_add_unchecked_fixture(tc, priv_setup, priv_teardown);
+    tcase_add_test(tc, test_outage_and_recovery);
+    tcase_add_test(tc, test_auth_unix_noscript);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+CHECK_MAIN(redis_suite)
