@@ -276,7 +276,7 @@ void broker_free(struct broker *b)
 
 const char *client_event_name(enum client_event_type t)
 {
-    static const char *const names[] = { "connect", "disconnect", "tcpclean" };
+    static const char *const names[] = {"connect", "disconnect", "tcpclean"};
     return (unsigned)t < 3 ? names[t] : "unknown";
 }
 

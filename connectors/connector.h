@@ -65,12 +65,12 @@ enum connector_rc {
 struct connector; /* each connector's own state */
 
 struct connector_ops {
-    const char *type;             /* "kafka", "redis", "postgres", "sqlite" */
+    const char *type;              /* "kafka", "redis", "postgres", "sqlite" */
     const struct kv_key *settings; /* schema of the settings in `connectors:` */
 
     /* Main loop, configuration time. */
-    int (*create)(const char *name, const struct kvmap *settings, struct connector **out,
-                  char *err, size_t errlen);
+    int (*create)(const char *name, const struct kvmap *settings, struct connector **out, char *err,
+                  size_t errlen);
     void (*destroy)(struct connector *c); /* accepts NULL */
     /* Validate and compile a rule's options (r->options; for inbound rules
      * also r->target_options) into what export/import need. Errors name

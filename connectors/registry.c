@@ -23,4 +23,7 @@ const struct connector_ops *connector_find(const char *type)
     return NULL;
 }
 
-const char *connector_types(void) { return "kafka, redis, postgres, sqlite"; }
+const char *connector_types(void)
+{
+    return "kafka, redis, postgres, sqlite";
+}

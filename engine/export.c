@@ -26,11 +26,11 @@ struct generation {
     uint64_t id;
     struct rules_context ctx; /* the set refers to it until freed */
     struct rule_set *set;
-    struct sink **sink_of;          /* by rule index */
-    struct rule_stats **stats_of;   /* by rule index */
+    struct sink **sink_of;        /* by rule index */
+    struct rule_stats **stats_of; /* by rule index */
     uint64_t refs;
-    uint64_t *last_seqno;           /* per sink, set when retired */
-    struct generation *next;        /* in the retired list */
+    uint64_t *last_seqno;    /* per sink, set when retired */
+    struct generation *next; /* in the retired list */
 };
 
 void export_settings_defaults(struct export_settings *s)
@@ -64,8 +64,8 @@ static int rctx_compile(void *ctx, const struct rule *r, void **compiled, char *
 {
     struct sink *sk = sink_by_name(ctx, r->connector);
     if (!sk)
-        return kv_error(err, errlen, r->options, NULL, "rule '%s': unknown connector '%s'",
-                        r->name, r->connector);
+        return kv_error(err, errlen, r->options, NULL, "rule '%s': unknown connector '%s'", r->name,
+                        r->connector);
     return sk->ops->compile(sk->impl, r, compiled, err, errlen);
 }
 
@@ -80,8 +80,8 @@ static void rctx_release(void *ctx, const struct rule *r, void *compiled)
 
 static void on_done_async(uv_async_t *a);
 
-static int sink_init(struct exporter *x, struct sink *sk, const struct connector_decl *d,
-                     char *err, size_t errlen)
+static int sink_init(struct exporter *x, struct sink *sk, const struct connector_decl *d, char *err,
+                     size_t errlen)
 {
     sk->x = x;
     sk->ops = connector_find(d->type);
@@ -174,8 +174,8 @@ static void generation_free(struct exporter *x, struct generation *g)
 }
 
 static int build_generation(struct exporter *x, const struct kvlist *items,
-                            const struct export_resources *res, struct generation **out,
-                            char *err, size_t errlen)
+                            const struct export_resources *res, struct generation **out, char *err,
+                            size_t errlen)
 {
     struct generation *g = calloc(1, sizeof *g);
     if (!g) {
@@ -323,7 +323,7 @@ static bool backlog_make_room(struct exporter *x, struct sink *sk, struct rule_s
                  x->settings.spool_max);
         return false;
     }
-    struct dropped_ctx dc = { x, false };
+    struct dropped_ctx dc = {x, false};
     unsigned loaded = 0;
     spool_load(x->spool, sk->name, sk->load_cursor, 1, on_dropped_record, &dc, &loaded);
     spool_delete_range(x->spool, sk->name, sk->load_cursor, sk->load_cursor);
@@ -440,7 +440,7 @@ void exporter_on_client_event(void *ctx, const struct client_event *ev)
     const struct rule *r = rules_status_for(g->set, ev->client_id, (size_t)(sep - ev->client_id));
     if (!r)
         return;
-    struct buf body = { 0 };
+    struct buf body = {0};
     struct export_record *rec = NULL;
     if (status_body(&body, ev) == 0)
         rec = export_record_new(RECORD_STATUS, ev->seq, ev->time_ms, 0, ev->client_id, NULL,
@@ -529,7 +529,7 @@ static void sink_refill(struct exporter *x, struct sink *sk)
     while (sk->backlog && sk->in_memory < x->settings.memory_queue) {
         uint64_t room = x->settings.memory_queue - sk->in_memory;
         unsigned max = room > 1000 ? 1000 : (unsigned)room;
-        struct load_ctx lc = { x, sk };
+        struct load_ctx lc = {x, sk};
         unsigned loaded = 0;
         if (spool_load(x->spool, sk->name, sk->load_cursor, max, on_spool_record, &lc, &loaded) <
             0) {
@@ -695,8 +695,8 @@ void exporter_log_stats(const struct exporter *x)
     for (unsigned i = 0; i < x->sink_count; i++) {
         struct sink *sk = &x->sinks[i];
         uv_mutex_lock(&sk->lock);
-        log_notice("stats: connector %s type=%s state=%s queued_memory=%" PRIu64
-                   " backlog=%" PRIu64 " exports_failed=%" PRIu64 " records_retried=%" PRIu64
+        log_notice("stats: connector %s type=%s state=%s queued_memory=%" PRIu64 " backlog=%" PRIu64
+                   " exports_failed=%" PRIu64 " records_retried=%" PRIu64
                    " records_rejected=%" PRIu64 " reconnects=%" PRIu64 "%s%s",
                    sk->name, sk->ops->type, sink_state_name(sk->state), sk->in_memory, sk->backlog,
                    sk->exports_failed, sk->records_retried, sk->records_rejected, sk->reconnects,
@@ -709,9 +709,8 @@ void exporter_log_stats(const struct exporter *x)
         const struct rule *r = rules_at(x->current->set, i);
         const struct rule_stats *st = x->current->stats_of[i];
         log_notice("stats: rule %s type=%s connector=%s matched=%" PRIu64 " exported=%" PRIu64
-                   " queued=%" PRIu64 " dropped=%" PRIu64 " (rejected=%" PRIu64
-                   " overflow=%" PRIu64 " no_rule=%" PRIu64 ") retried=%" PRIu64
-                   " spilled=%" PRIu64,
+                   " queued=%" PRIu64 " dropped=%" PRIu64 " (rejected=%" PRIu64 " overflow=%" PRIu64
+                   " no_rule=%" PRIu64 ") retried=%" PRIu64 " spilled=%" PRIu64,
                    r->name, rule_type_name(r->type), r->connector, st->matched, st->exported,
                    st->queued, st->dropped_rejected + st->dropped_overflow + st->dropped_no_rule,
                    st->dropped_rejected, st->dropped_overflow, st->dropped_no_rule, st->retried,

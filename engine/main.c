@@ -180,7 +180,7 @@ static struct export_resources resources_of(const struct instance_config *cfg)
 static int apply_rules(struct exporter *x, const struct instance_config *cfg,
                        struct rules_files *files, bool check, char *err, size_t errlen)
 {
-    struct kvlist items = { 0 };
+    struct kvlist items = {0};
     struct export_resources res = resources_of(cfg);
     int rc = config_gather_rules(cfg, &items, files, err, errlen);
     if (rc == 0)
@@ -364,7 +364,7 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
-    struct daemon d = { .opts = &o, .cfg = &cfg };
+    struct daemon d = {.opts = &o, .cfg = &cfg};
     uv_loop_init(&d.loop);
     if (o.check_only) {
         /* Connectors and rules too: settings, rule limits, templates. */

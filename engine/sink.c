@@ -38,8 +38,8 @@ struct export_record *record_list_pop(struct record_list *l)
 
 const char *sink_state_name(enum sink_state s)
 {
-    static const char *const names[] = { "idle", "connecting", "connected", "reconnecting",
-                                         "stopped" };
+    static const char *const names[] = {"idle", "connecting", "connected", "reconnecting",
+                                        "stopped"};
     return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown";
 }
 
@@ -168,8 +168,8 @@ static bool sink_export_batch(struct sink *sk, struct export_record **batch, siz
         }
         /* RETRY (or a connector that returned OK without finishing): the
          * connection is suspect; reconnect and offer the rest again. */
-        log_warn("connector %s: export failed, %zu records will be retried: %s", sk->name,
-                 n - off, err[0] ? err : "incomplete batch");
+        log_warn("connector %s: export failed, %zu records will be retried: %s", sk->name, n - off,
+                 err[0] ? err : "incomplete batch");
         sink_set_state(sk, SINK_RECONNECTING, err);
         uv_mutex_lock(&sk->lock);
         sk->records_retried += n - off;
