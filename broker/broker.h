@@ -94,7 +94,8 @@ const char *client_event_name(enum client_event_type t); /* "connect", ... */
 /* What the engine is told. Called on the broker loop; must not block. */
 struct broker_hooks {
     void *ctx;
-    /* An accepted PUBLISH, after routing to local subscribers. The message's
+    /* An accepted PUBLISH (or a will), after routing to local subscribers;
+     * not called for messages the engine injected. The message's
      * QoS 1/2 acknowledgement leaves only after on_flush returned, so what
      * the hook stores durably before then is covered by the PUBACK. */
     void (*on_message)(void *ctx, const struct message *m, const char *client_id);
@@ -149,6 +150,17 @@ int broker_start(struct broker *b, char *err, size_t errlen);
 void broker_stop(struct broker *b, void (*done)(void *arg), void *arg);
 /* Accepts NULL. */
 void broker_free(struct broker *b);
+
+/* Publish a message on behalf of the engine (inbound rules), checked like a
+ * client's PUBLISH: the managed naming rules for topic (in naming: managed
+ * mode) and max_message_size. With p2p_client_id the message goes to that
+ * client only, on topic "<parent>/p2p/<client id>" where <parent> is the
+ * first level of topic; else to the subscribers of topic. Retain is not
+ * set. 0 when accepted (store writes join the current iteration and are
+ * committed before on_flush is called); -1 with the reason in why. */
+int broker_inject(struct broker *b, const char *topic, size_t topic_len, const uint8_t *payload,
+                  uint32_t payload_len, uint8_t qos, const char *p2p_client_id, char *why,
+                  size_t whylen);
 
 void broker_get_stats(const struct broker *b, struct broker_stats *out);
 /* Log the stats at NOTICE level (SIGUSR1). */

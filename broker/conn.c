@@ -252,9 +252,15 @@ void conn_close(struct conn *c, const char *reason, bool publish_will)
     c->will = NULL;
     if (was_active)
         broker_client_event(b, c, CLIENT_TCPCLEAN);
+    /* The will is published on behalf of its client (rules see its id). */
+    char *owner = will && c->session ? strdup(c->session->client_id) : NULL;
     conn_detach_session(c);
-    if (was_active && will && publish_will && !c->clean_disconnect)
-        broker_route(b, will, NULL);
+    if (was_active && will && publish_will && !c->clean_disconnect) {
+        will->id = broker_next_message_id(b);
+        will->time_ms = broker_message_id_time(will->id);
+        broker_route(b, will, owner ? owner : "");
+    }
+    free(owner);
     message_unref(will);
     if (c->prev)
         c->prev->next = c->next;

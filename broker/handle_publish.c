@@ -79,7 +79,7 @@ static void deliver_p2p(struct broker *b, struct message *m, const struct naming
     } else if (session_enqueue(s, m, m->qos, false) == 1) {
         b->stats.messages_dropped++;
     }
-    if (b->hooks.on_message)
+    if (b->hooks.on_message && from_client_id)
         b->hooks.on_message(b->hooks.ctx, m, from_client_id);
 }
 
@@ -160,6 +160,70 @@ int handle_publish(struct conn *c, const struct mqtt_publish *p)
         broker_route(b, m, s->client_id);
     message_unref(m);
     publish_ack(c, p);
+    return 0;
+}
+
+/* P2P target of an injected message: "<parent>/p2p/<client id>". */
+static int inject_p2p_topic(const char *topic, size_t topic_len, const char *target, char *out,
+                            size_t outlen, char *why, size_t whylen)
+{
+    const char *slash = memchr(topic, '/', topic_len);
+    size_t parent = slash ? (size_t)(slash - topic) : topic_len;
+    int n = snprintf(out, outlen, "%.*s/p2p/%s", (int)parent, topic, target);
+    if (n < 0 || (size_t)n >= outlen || n > 65535) {
+        snprintf(why, whylen, "P2P topic too long");
+        return -1;
+    }
+    return n;
+}
+
+int broker_inject(struct broker *b, const char *topic, size_t topic_len, const uint8_t *payload,
+                  uint32_t payload_len, uint8_t qos, const char *p2p_client_id, char *why,
+                  size_t whylen)
+{
+    char p2p_topic[512];
+    if (p2p_client_id) {
+        int n = inject_p2p_topic(topic, topic_len, p2p_client_id, p2p_topic, sizeof p2p_topic, why,
+                                 whylen);
+        if (n < 0)
+            return -1;
+        topic = p2p_topic;
+        topic_len = (size_t)n;
+    }
+    if (topic_len == 0 || topic_len > 65535 || !topic_name_valid(topic, topic_len)) {
+        snprintf(why, whylen, "'%.*s' is not a valid MQTT topic name", (int)(topic_len & 0xff),
+                 topic);
+        return -1;
+    }
+    struct naming_topic nt = {.p2p_target = NULL};
+    if (b->cfg.naming_mode == NAMING_MANAGED &&
+        naming_check_topic(&b->cfg.naming, topic, topic_len, &nt, why, whylen) < 0)
+        return -1;
+    if (p2p_client_id && !nt.p2p_target) {
+        /* naming: mqtt has no P2P topics; deliver to the client all the same */
+        nt.p2p_target = p2p_client_id;
+        nt.p2p_target_len = strlen(p2p_client_id);
+    }
+    if (b->cfg.limits.max_message_size && payload_len > b->cfg.limits.max_message_size) {
+        snprintf(why, whylen, "payload of %" PRIu32 " bytes is over max_message_size %" PRIu32,
+                 payload_len, b->cfg.limits.max_message_size);
+        return -1;
+    }
+    struct message *m = message_new(topic, (uint16_t)topic_len, payload, payload_len, qos, false);
+    if (!m) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    m->id = broker_next_message_id(b);
+    m->time_ms = broker_message_id_time(m->id);
+    b->stats.messages_received++;
+    log_debug("inject: PUBLISH %s qos=%u id=%016" PRIx64 " (%" PRIu32 " bytes)", m->topic, qos,
+              m->id, payload_len);
+    if (nt.p2p_target)
+        deliver_p2p(b, m, &nt, NULL);
+    else
+        broker_route(b, m, NULL);
+    message_unref(m);
     return 0;
 }
 

@@ -62,7 +62,43 @@ enum connector_rc {
                               drops it, counted, and goes on with the next */
 };
 
+/* One record read from a source for an inbound rule (Kafka message, Redis
+ * stream entry or Pub/Sub message, PostgreSQL outbox row). The connector
+ * fills the raw fields; the engine validates them (one place for the
+ * rules) and publishes. Made by the connector with import_record_new(),
+ * freed by the engine with import_record_free(). */
+struct import_record {
+    struct import_record *next; /* the engine's queue link */
+    /* Where it came from, for acknowledging and logs: Kafka partition and
+     * offset; Redis stream entry id (in `id`); PostgreSQL row id. */
+    int32_t partition;
+    int64_t offset;
+    char *id;         /* textual id (Redis "1700000000000-0", PG "42"); may be NULL */
+    char *sub_topic;  /* mqttSecondTopic / field / column; NULL when absent */
+    char *qos;        /* qoslevel as text ("0", "1", "2"); NULL when absent (= 1) */
+    char *client_id;  /* P2P target (header clientId / field / column); NULL when absent */
+    uint8_t *payload; /* Kafka value / `payload` field / `payload` column, byte for byte */
+    uint32_t payload_len;
+    /* The engine's bookkeeping. */
+    uint8_t outcome;
+    char reason[96];
+};
+
+/* One allocation for the record and copies of everything; any pointer may
+ * be NULL. */
+struct import_record *import_record_new(const char *id, const char *sub_topic, const char *qos,
+                                        const char *client_id, const void *payload,
+                                        uint32_t payload_len);
+void import_record_free(struct import_record *rec);
+
+enum import_outcome {
+    IMPORT_PENDING = 0,
+    IMPORT_PUBLISHED = 1, /* accepted by the broker: acknowledge at the source */
+    IMPORT_SKIPPED = 2,   /* malformed: acknowledge (and dead-letter where possible) */
+};
+
 struct connector; /* each connector's own state */
+struct source;    /* a connector's reading state for one inbound rule */
 
 struct connector_ops {
     const char *type;              /* "kafka", "redis", "postgres", "sqlite" */
@@ -90,6 +126,30 @@ struct connector_ops {
      * REJECT as above, with the reason in err. */
     int (*export)(struct connector *c, struct export_record *const *recs, size_t n, size_t *acked,
                   char *err, size_t errlen);
+
+    /* Inbound (NULL when the connector cannot be a source). All on the
+     * rule's own import thread. A source delivers records in order and
+     * redelivers, after a crash or reconnect, everything not acknowledged
+     * (at least once). */
+    /* Connect and subscribe (Kafka consumer group, Redis XGROUP CREATE
+     * MKSTREAM, PostgreSQL LISTEN + create_table). RETRY on failure. */
+    int (*source_open)(struct connector *c, const struct rule *r, struct source **out, char *err,
+                       size_t errlen);
+    void (*source_close)(struct source *s); /* accepts NULL */
+    /* Up to max records, waiting at most timeout_ms for the first. *n = 0 on
+     * timeout. RETRY when the connection is lost. */
+    int (*source_fetch)(struct source *s, struct import_record **recs, size_t max, size_t *n,
+                        int timeout_ms, char *err, size_t errlen);
+    /* Acknowledge recs[0..n) (every one PUBLISHED or SKIPPED, in fetch
+     * order): commit offsets / XACK / delete or mark rows; SKIPPED records
+     * also go to the dead-letter stream or table when the source has one
+     * (rec->reason says why). RETRY when it could not: they are redelivered
+     * later, which is the at-least-once case. */
+    int (*source_ack)(struct source *s, struct import_record *const *recs, size_t n, char *err,
+                      size_t errlen);
+    /* Backlog: Kafka consumer lag, Redis pending + unread, outbox rows. -1
+     * when unknown. */
+    int64_t (*source_lag)(struct source *s);
 };
 
 /* registry.c */

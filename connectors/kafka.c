@@ -21,7 +21,6 @@
  * needs no lock. */
 #include "connector.h"
 
-#include <errno.h>
 #include <inttypes.h>
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
@@ -551,7 +550,7 @@ static void kafka_batch_wait(struct kafka_conn *kc, int64_t deadline)
     int64_t now;
     while (kc->outstanding > 0 && (now = kafka_now_ms()) < deadline) {
         int64_t left = deadline - now;
-        rd_kafka_poll(kc->rk, left < 100 ? (int)left : 100);
+        rd_kafka_flush(kc->rk, left < 100 ? (int)left : 100);
     }
     if (kc->outstanding == 0)
         return;
@@ -635,6 +634,8 @@ static int kafka_export(struct connector *c, struct export_record *const *recs, 
         snprintf(err, errlen, "kafka '%s': not connected", kc->name);
         return CONNECTOR_RETRY;
     }
+    if (n == 0)
+        return CONNECTOR_OK;
     if (kafka_batch_begin(kc, n) != 0) {
         snprintf(err, errlen, "kafka '%s': out of memory", kc->name);
         return CONNECTOR_RETRY;

@@ -611,30 +611,6 @@ fail:
 
 /* ---- Preparing a target on the connection -------------------------------- */
 
-static int pg_exec_ok(struct connector *c, const struct pg_target *t, const char *sql, char *err,
-                      size_t errlen)
-{
-    char line[256];
-    PGresult *res = PQexec(c->pg, sql);
-    int rc = PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : -1;
-    if (rc < 0)
-        pg_fail(err, errlen, "table %s: %s", t->table.text, pg_result_text(res, line, sizeof line));
-    PQclear(res);
-    return rc;
-}
-
-static int pg_prepare_one(struct connector *c, const struct pg_target *t, const char *name,
-                          const char *sql, char *err, size_t errlen)
-{
-    char line[256];
-    PGresult *res = PQprepare(c->pg, name, sql, 0, NULL);
-    int rc = PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : -1;
-    if (rc < 0)
-        pg_fail(err, errlen, "table %s: %s", t->table.text, pg_result_text(res, line, sizeof line));
-    PQclear(res);
-    return rc;
-}
-
 /* Outbound: the payload parameters go binary when the server inferred
  * bytea or a text type for them; text otherwise (json, jsonb, ...). */
 static int pg_payload_formats(struct connector *c, const struct pg_target *t, struct pg_prepared *p,
@@ -655,48 +631,50 @@ static int pg_payload_formats(struct connector *c, const struct pg_target *t, st
     return rc;
 }
 
+typedef int (*pg_sql_fn)(struct buf *b, PGconn *pg, const struct pg_target *t);
+
+/* Build a statement with fn, then run it (name NULL) or prepare it as name. */
+static int pg_build_run(struct connector *c, const struct pg_target *t, pg_sql_fn fn,
+                        const char *name, char *err, size_t errlen)
+{
+    struct buf sql = {0};
+    char line[256];
+    if (fn(&sql, c->pg, t) != 0) {
+        buf_free(&sql);
+        return pg_fail(err, errlen, "table %s: out of memory", t->table.text);
+    }
+    const char *text = (const char *)sql.data;
+    PGresult *res = name ? PQprepare(c->pg, name, text, 0, NULL) : PQexec(c->pg, text);
+    int rc = PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : -1;
+    if (rc < 0)
+        pg_fail(err, errlen, "table %s: %s", t->table.text, pg_result_text(res, line, sizeof line));
+    PQclear(res);
+    buf_free(&sql);
+    return rc;
+}
+
 /* Create the tables (when asked), prepare the statements. */
 static int pg_prepare_target(struct connector *c, const struct pg_target *t, struct pg_prepared *p,
                              char *err, size_t errlen)
 {
-    struct buf sql = {0};
-    int rc = -1;
     bool status = t->type == RULE_STATUS;
     uint64_t k = ++c->next_statement;
     memset(p, 0, sizeof *p);
     snprintf(p->write, sizeof p->write, "mqb_w%" PRIu64, k);
-    if (t->create_table) {
-        if ((status ? pg_state_create_sql(&sql, c->pg, t)
-                    : pg_outbound_create_sql(&sql, c->pg, t)) < 0 ||
-            pg_exec_ok(c, t, (char *)sql.data, err, errlen) < 0)
-            goto out;
-        buf_reset(&sql);
-    }
-    if ((status ? pg_state_upsert_sql(&sql, c->pg, t) : pg_outbound_insert_sql(&sql, c->pg, t)) <
-            0 ||
-        pg_prepare_one(c, t, p->write, (char *)sql.data, err, errlen) < 0)
-        goto out;
-    if (!status) {
-        rc = pg_payload_formats(c, t, p, err, errlen);
-        goto out;
-    }
-    if (t->events.table) {
-        snprintf(p->events, sizeof p->events, "mqb_e%" PRIu64, k);
-        buf_reset(&sql);
-        if (t->create_table && (pg_events_create_sql(&sql, c->pg, t) < 0 ||
-                                pg_exec_ok(c, t, (char *)sql.data, err, errlen) < 0))
-            goto out;
-        buf_reset(&sql);
-        if (pg_events_insert_sql(&sql, c->pg, t) < 0 ||
-            pg_prepare_one(c, t, p->events, (char *)sql.data, err, errlen) < 0)
-            goto out;
-    }
-    rc = 0;
-out:
-    if (rc < 0 && !err[0])
-        pg_fail(err, errlen, "table %s: out of memory", t->table.text);
-    buf_free(&sql);
-    return rc;
+    if (t->create_table && pg_build_run(c, t, status ? pg_state_create_sql : pg_outbound_create_sql,
+                                        NULL, err, errlen) < 0)
+        return -1;
+    if (pg_build_run(c, t, status ? pg_state_upsert_sql : pg_outbound_insert_sql, p->write, err,
+                     errlen) < 0)
+        return -1;
+    if (!status)
+        return pg_payload_formats(c, t, p, err, errlen);
+    if (!t->events.table)
+        return 0;
+    snprintf(p->events, sizeof p->events, "mqb_e%" PRIu64, k);
+    if (t->create_table && pg_build_run(c, t, pg_events_create_sql, NULL, err, errlen) < 0)
+        return -1;
+    return pg_build_run(c, t, pg_events_insert_sql, p->events, err, errlen);
 }
 
 static struct pg_prepared *pg_prepared_find(struct connector *c, uint64_t target_id)
@@ -720,7 +698,6 @@ static int pg_target_ready(struct connector *c, const struct pg_target *t, char 
         c->cache = p;
         c->capcache = cap;
     }
-    err[0] = '\0';
     if (pg_prepare_target(c, t, &c->cache[c->ncache], err, errlen) < 0)
         return -1;
     c->cache[c->ncache++].target_id = t->id;
@@ -740,7 +717,7 @@ static void pg_cache_trim(struct connector *c)
 /* ---- Rows ---------------------------------------------------------------- */
 
 /* The parameters of one statement. Text values point into c->values or
- * into num[]; they live until the statement is sent. */
+ * are direct pointers; they live until the statement is sent. */
 struct pg_row {
     const char *values[PG_MAX_COLUMNS + 1];
     int lengths[PG_MAX_COLUMNS + 1];
@@ -780,6 +757,36 @@ static void pg_row_direct(struct pg_row *row, int k, const char *value, int len,
     row->offsets[k] = SIZE_MAX;
 }
 
+/* A template column as text: rendered into c->values, NUL-terminated. */
+static int pg_row_template(struct connector *c, const struct pg_column *col,
+                           const struct export_record *rec, struct pg_row *row, int k, char *err,
+                           size_t errlen)
+{
+    struct template_input in = {
+        .client_id = rec->client_id,
+        .topic = rec->topic,
+        .qos = rec->qos,
+        .msg_id = rec->msg_id,
+        .time_ms = rec->time_ms,
+        .payload = rec->payload,
+        .payload_len = rec->payload_len,
+    };
+    size_t start = c->values.len;
+    if (template_render(col->tpl, &in, &c->values) < 0)
+        return pg_fail(err, errlen, "out of memory");
+    size_t len = c->values.len - start;
+    if (len && memchr(c->values.data + start, 0, len))
+        return pg_fail(err, errlen, "column %s: the value holds a zero byte", col->name);
+    if (buf_append_u8(&c->values, 0) < 0)
+        return pg_fail(err, errlen, "out of memory");
+    row->offsets[k] = start;
+    row->lengths[k] = 0;
+    row->formats[k] = 0;
+    return 0;
+}
+
+/* Parameter k of a message row; format 1: the payload goes binary (the
+ * prepared statement found a bytea or text column for it). */
 static int pg_row_column(struct connector *c, const struct pg_column *col, int format,
                          const struct export_record *rec, struct pg_row *row, int k, char *err,
                          size_t errlen)
@@ -812,27 +819,7 @@ static int pg_row_column(struct connector *c, const struct pg_column *col, int f
     }
     if (col->src == SRC_PAYLOAD)
         return pg_row_text(c, row, k, rec->payload, rec->payload_len, err, errlen);
-    struct template_input in = {
-        .client_id = rec->client_id,
-        .topic = rec->topic,
-        .qos = rec->qos,
-        .msg_id = rec->msg_id,
-        .time_ms = rec->time_ms,
-        .payload = rec->payload,
-        .payload_len = rec->payload_len,
-    };
-    size_t start = c->values.len;
-    if (template_render(col->tpl, &in, &c->values) < 0)
-        return pg_fail(err, errlen, "out of memory");
-    size_t len = c->values.len - start;
-    if (len && memchr(c->values.data + start, 0, len))
-        return pg_fail(err, errlen, "column %s: the value holds a zero byte", col->name);
-    if (buf_append_u8(&c->values, 0) < 0)
-        return pg_fail(err, errlen, "out of memory");
-    row->offsets[k] = start;
-    row->lengths[k] = 0;
-    row->formats[k] = 0;
-    return 0;
+    return pg_row_template(c, col, rec, row, k, err, errlen);
 }
 
 static int pg_row_message(struct connector *c, const struct pg_target *t,
@@ -964,9 +951,8 @@ static int pg_read_results(struct connector *c, unsigned nq, struct pg_failure *
         if (!res)
             return -1;
         ExecStatusType st = PQresultStatus(res);
-        if (st == PGRES_FATAL_ERROR)
-            pg_failure_note(c, f, q, res);
-        else if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_PIPELINE_ABORTED)
+        /* After a failure the server skips the rest: PGRES_PIPELINE_ABORTED. */
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_PIPELINE_ABORTED)
             pg_failure_note(c, f, q, res);
         PQclear(res);
     }
@@ -1013,27 +999,30 @@ static int pg_pipeline(struct connector *c, struct export_record *const *recs, s
         goto broken;
     if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
         PQclear(PQexec(c->pg, "ROLLBACK"));
+    /* A server failure can only concern records up to the one that could
+     * not be encoded: it comes first. */
+    if (f.seen) {
+        *bad = pg_record_of(recs, n, f.query);
+        if (!f.reject || *bad >= n) {
+            pg_fail(err, errlen, "%s: %s", c->display, f.text);
+            return CONNECTOR_RETRY;
+        }
+        const struct pg_target *t = recs[*bad]->rule->compiled;
+        pg_fail(err, errlen, "client %s: table %s: %s",
+                recs[*bad]->client_id ? recs[*bad]->client_id : "-", t->table.text, f.text);
+        return CONNECTOR_REJECT;
+    }
     if (enc) {
         *bad = sent;
         pg_fail(err, errlen, "client %s: %s", recs[sent]->client_id ? recs[sent]->client_id : "-",
                 enc_err);
         return CONNECTOR_REJECT;
     }
-    if (!f.seen)
-        return CONNECTOR_OK;
-    *bad = pg_record_of(recs, n, f.query);
-    if (f.reject && *bad < n) {
-        const char *cid = recs[*bad]->client_id;
-        const struct pg_target *t = recs[*bad]->rule->compiled;
-        pg_fail(err, errlen, "client %s: table %s: %s", cid ? cid : "-", t->table.text, f.text);
-        return CONNECTOR_REJECT;
-    }
-    pg_fail(err, errlen, "%s: %s", c->display, f.text);
-    return CONNECTOR_RETRY;
+    return CONNECTOR_OK;
 broken:
     if (!f.seen)
-        pg_fail(err, errlen, "%s: %s", c->display,
-                pg_first_line(PQerrorMessage(c->pg), f.text, sizeof f.text));
+        pg_first_line(PQerrorMessage(c->pg), f.text, sizeof f.text);
+    pg_fail(err, errlen, "%s: %s", c->display, f.text);
     pg_close(c); /* mid-pipeline: nothing to salvage; open() starts afresh */
     return CONNECTOR_RETRY;
 }
@@ -1074,7 +1063,7 @@ static int pg_export(struct connector *c, struct export_record *const *recs, siz
         lim = bad;
     }
     *acked = lim;
-    if (reject_err[0] || (lim == ready && mismatch)) {
+    if (reject_err[0] || mismatch) {
         pg_fail(err, errlen, "%s", reject_err[0] ? reject_err : prep_err);
         return CONNECTOR_REJECT;
     }

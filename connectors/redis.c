@@ -41,14 +41,15 @@ enum {
     REDIS_CONNECT_TIMEOUT_MS = 2000,
     REDIS_COMMAND_TIMEOUT_MS = 5000,
     REDIS_CHUNK = 1000, /* records per pipelined round trip */
-    REDIS_ARGS_MAX = 20,
+    REDIS_ARGS_MAX = 24,
 };
 
 static const struct kv_key redis_settings[] = {
     {"url", KV_SCALAR, KV_REQUIRED,
      "redis://[[user]:password@]host[:port][/db] or unix:///path[?db=N&password=P]"},
     {"connect_timeout_ms", KV_SCALAR, 0, "TCP connect timeout (default 2000)"},
-    {"command_timeout_ms", KV_SCALAR, 0, "reply timeout of a pipelined batch (default 5000)"},
+    {"command_timeout_ms", KV_SCALAR, 0,
+     "socket read/write timeout; past it the connection is dropped (default 5000)"},
     {NULL, KV_SCALAR, 0, NULL},
 };
 
@@ -860,6 +861,8 @@ static int redis_export(struct connector *c, struct export_record *const *recs, 
         snprintf(err, errlen, "redis '%s': not connected", rc->name);
         return CONNECTOR_RETRY;
     }
+    if (n == 0)
+        return CONNECTOR_OK;
     if (n > rc->out_cap) {
         unsigned char *o = realloc(rc->out, n);
         if (o == NULL) {

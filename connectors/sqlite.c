@@ -207,6 +207,33 @@ static char *sq_sql_take(struct buf *b)
 static void sqlite_destroy(struct connector *c);
 static void sqlite_close(struct connector *c);
 
+/* sync and busy_timeout_ms, with their defaults. */
+static int sq_settings_read(struct connector *c, const struct kvmap *settings, const char *where,
+                            char *err, size_t errlen)
+{
+    const struct kv *item;
+    uint64_t ms;
+    c->sync = SQ_SYNC_NORMAL;
+    if ((item = kv_find(settings, "sync")) != NULL) {
+        c->sync = -1;
+        for (int i = 0; i < (int)(sizeof sq_sync_levels / sizeof sq_sync_levels[0]); i++)
+            if (!strcmp(item->value, sq_sync_levels[i].name))
+                c->sync = i;
+        if (c->sync < 0)
+            return kv_error(err, errlen, settings, item,
+                            "%s: sync: expected off, normal or full, got '%s'", where, item->value);
+    }
+    c->busy_timeout_ms = 5000;
+    if ((item = kv_find(settings, "busy_timeout_ms")) != NULL) {
+        if (kv_uint(item, 0, 3600000, &ms) < 0)
+            return kv_error(err, errlen, settings, item,
+                            "%s: busy_timeout_ms: expected an integer 0..3600000, got '%s'", where,
+                            item->value);
+        c->busy_timeout_ms = (unsigned)ms;
+    }
+    return 0;
+}
+
 static int sqlite_create(const char *name, const struct kvmap *settings, struct connector **out,
                          char *err, size_t errlen)
 {
@@ -217,36 +244,15 @@ static int sqlite_create(const char *name, const struct kvmap *settings, struct 
     struct connector *c = calloc(1, sizeof *c);
     if (!c || !(c->name = strdup(name)))
         goto oom;
-    const struct kv *item = kv_find(settings, "path");
-    if (!item->value[0]) {
-        kv_error(err, errlen, settings, item, "%s: path: must not be empty", where);
+    const struct kv *path = kv_find(settings, "path");
+    if (!path->value[0]) {
+        kv_error(err, errlen, settings, path, "%s: path: must not be empty", where);
         goto fail;
     }
-    if (!(c->path = strdup(item->value)))
+    if (!(c->path = strdup(path->value)))
         goto oom;
-    c->sync = SQ_SYNC_NORMAL;
-    if ((item = kv_find(settings, "sync")) != NULL) {
-        c->sync = -1;
-        for (int i = 0; i < (int)(sizeof sq_sync_levels / sizeof sq_sync_levels[0]); i++)
-            if (!strcmp(item->value, sq_sync_levels[i].name))
-                c->sync = i;
-        if (c->sync < 0) {
-            kv_error(err, errlen, settings, item,
-                     "%s: sync: expected off, normal or full, got '%s'", where, item->value);
-            goto fail;
-        }
-    }
-    c->busy_timeout_ms = 5000;
-    uint64_t ms;
-    if ((item = kv_find(settings, "busy_timeout_ms")) != NULL) {
-        if (kv_uint(item, 0, 3600000, &ms) < 0) {
-            kv_error(err, errlen, settings, item,
-                     "%s: busy_timeout_ms: expected an integer 0..3600000, got '%s'", where,
-                     item->value);
-            goto fail;
-        }
-        c->busy_timeout_ms = (unsigned)ms;
-    }
+    if (sq_settings_read(c, settings, where, err, errlen) < 0)
+        goto fail;
     *out = c;
     return 0;
 oom:

@@ -262,6 +262,37 @@ int exporter_set_rules(struct exporter *x, const struct kvlist *items,
     return 0;
 }
 
+const struct rule_set *exporter_hold_rules(struct exporter *x, void **hold)
+{
+    struct generation *g = x->current;
+    *hold = g;
+    if (!g)
+        return NULL;
+    g->refs++;
+    return g->set;
+}
+
+void exporter_release_rules(struct exporter *x, void *hold)
+{
+    struct generation *g = hold;
+    if (!g)
+        return;
+    g->refs--;
+    if (x->retired)
+        generations_collect(x);
+}
+
+int exporter_connector(const struct exporter *x, const char *name, const struct connector_ops **ops,
+                       struct connector **impl)
+{
+    struct sink *sk = sink_by_name(x, name);
+    if (!sk)
+        return -1;
+    *ops = sk->ops;
+    *impl = sk->impl;
+    return 0;
+}
+
 /* ---- records in and out ---- */
 
 static struct generation *generation_by_id(struct exporter *x, uint64_t id)

@@ -27,6 +27,7 @@
 
 #include "../broker/broker.h"
 #include "../common/kv.h"
+#include "../connectors/connector.h"
 #include "../rules/rules.h"
 
 enum overflow_policy { OVERFLOW_DROP_OLDEST = 0, OVERFLOW_DROP_NEWEST = 1 };
@@ -81,6 +82,14 @@ int exporter_start(struct exporter *x, char *err, size_t errlen);
 void exporter_on_message(void *x, const struct message *m, const char *client_id);
 void exporter_on_client_event(void *x, const struct client_event *ev);
 void exporter_on_flush(void *x);
+
+/* For the importer: the current rules, held (not freed by a reload) until
+ * released; NULL when there are none. */
+const struct rule_set *exporter_hold_rules(struct exporter *x, void **hold);
+void exporter_release_rules(struct exporter *x, void *hold);
+/* The connector a rule names. 0, or -1 when there is none. */
+int exporter_connector(const struct exporter *x, const char *name, const struct connector_ops **ops,
+                       struct connector **impl);
 
 /* Give the threads drain_timeout_ms to export what is queued, then stop
  * and join them; what is left stays in the spool. Blocks. */

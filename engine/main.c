@@ -16,6 +16,7 @@
 #include "../common/log.h"
 #include "config.h"
 #include "export.h"
+#include "import.h"
 
 #define MAX_RULES 100 /* SEMANTICS.md: at most 100 rules per instance */
 
@@ -39,6 +40,7 @@ struct daemon {
     struct instance_config *cfg;
     struct broker *broker;
     struct exporter *exporter;
+    struct importer *importer;
     /* Rule mappings point into the configs and files they were read from;
      * every config loaded by a reload stays until exit, as do rule files. */
     struct instance_config **reloaded;
@@ -216,6 +218,7 @@ static void reload_rules(struct daemon *d)
         return;
     }
     d->reloaded[d->reloaded_count++] = cfg;
+    importer_rules_changed(d->importer);
     log_notice("SIGHUP: rules reloaded from %s", cfg->source);
 }
 
@@ -243,6 +246,7 @@ static void on_signal(uv_signal_t *h, int signum)
     case SIGUSR1:
         broker_log_stats(d->broker);
         exporter_log_stats(d->exporter);
+        importer_log_stats(d->importer);
         break;
     case SIGHUP:
         reload_rules(d);
@@ -293,6 +297,8 @@ static int exporter_setup(struct daemon *d, bool check, char *err, size_t errlen
 
 static void daemon_cleanup(struct daemon *d)
 {
+    importer_free(d->importer);
+    d->importer = NULL;
     exporter_free(d->exporter);
     d->exporter = NULL;
     broker_free(d->broker);
@@ -307,25 +313,43 @@ static void daemon_cleanup(struct daemon *d)
     rules_files_clear(&d->files);
 }
 
+/* Once per loop iteration, after the broker's store committed. */
+static void on_flush(void *ctx)
+{
+    struct daemon *d = ctx;
+    exporter_on_flush(d->exporter);
+    importer_on_flush(d->importer);
+}
+
+static void on_message(void *ctx, const struct message *m, const char *client_id)
+{
+    exporter_on_message(((struct daemon *)ctx)->exporter, m, client_id);
+}
+
+static void on_client_event(void *ctx, const struct client_event *ev)
+{
+    exporter_on_client_event(((struct daemon *)ctx)->exporter, ev);
+}
+
 static int run(struct daemon *d)
 {
     char err[1024];
     int rc = 1;
     const struct broker_hooks hooks = {
-        .ctx = NULL,
-        .on_message = exporter_on_message,
-        .on_client_event = exporter_on_client_event,
-        .on_flush = exporter_on_flush,
+        .ctx = d,
+        .on_message = on_message,
+        .on_client_event = on_client_event,
+        .on_flush = on_flush,
     };
     if (exporter_setup(d, false, err, sizeof err) < 0 ||
         exporter_start(d->exporter, err, sizeof err) < 0) {
         log_error("%s", err);
         goto done;
     }
-    struct broker_hooks h = hooks;
-    h.ctx = d->exporter;
-    d->broker = broker_new(&d->loop, &d->cfg->broker, &h, err, sizeof err);
-    if (!d->broker || broker_start(d->broker, err, sizeof err) < 0) {
+    d->broker = broker_new(&d->loop, &d->cfg->broker, &hooks, err, sizeof err);
+    if (!d->broker || broker_start(d->broker, err, sizeof err) < 0 ||
+        importer_new(&d->loop, d->broker, d->exporter, &d->cfg->export, &d->importer, err,
+                     sizeof err) < 0) {
         log_error("%s", err);
         if (d->broker) {
             broker_stop(d->broker, NULL, NULL);
@@ -340,8 +364,10 @@ static int run(struct daemon *d)
     log_notice("mqbridge %s started (instance %s, config %s)", MQB_VERSION, d->cfg->instance_id,
                d->cfg->source);
     uv_run(&d->loop, UV_RUN_DEFAULT);
-    /* The broker is closed: give the sinks their drain time, keep the rest
-     * in the spool for the next start. */
+    /* The broker is closed: stop reading sources (what was not acknowledged
+     * is read again at the next start), give the sinks their drain time,
+     * keep the rest in the spool. */
+    importer_stop(d->importer);
     exporter_stop(d->exporter);
     log_notice("stopped");
     rc = 0;

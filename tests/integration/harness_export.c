@@ -710,9 +710,7 @@ static void ex_conn_open(struct it_raw *r, const struct it_broker *b, const char
     conn->channel[0] = '\0';
 }
 
-/* The value of "key" in a flat JSON object: a string (copied without its
- * quotes) or a number. false when absent. */
-static bool ex_json_field(const char *json, const char *key, char *out, size_t len)
+bool ex_json_field(const char *json, const char *key, char *out, size_t len)
 {
     char pat[64];
     snprintf(pat, sizeof pat, "\"%s\"", key);

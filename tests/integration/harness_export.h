@@ -142,6 +142,10 @@ void ex_events_clear(struct ex_events *l);
  * NULL p gives NULL. */
 char *ex_strndup(const void *p, size_t n);
 
+/* The value of "key" in a flat JSON object (a status event body): a
+ * string, copied without its quotes, or a number. false when absent. */
+bool ex_json_field(const char *json, const char *key, char *out, size_t len);
+
 /* ---- a sink under test ---- */
 
 struct ex_sink {

@@ -4,7 +4,8 @@
  * with positions, the default schema, exact read-back, export order,
  * idempotent repeats, template columns, the status-state rule under late
  * and repeated events, REJECT of a bad row, RETRY for a missing table, an
- * unreachable server and a server restart, and a throughput figure.
+ * unreachable server and a server restart (of a private server), and a
+ * throughput figure.
  *
  * Tables and schemas are named <prefix>_<n> with a prefix unique to this
  * run; the tests drop theirs, and a teardown drops whatever a failed test
@@ -52,11 +53,16 @@ static const char *unique_name(char *out, size_t len, const char *what)
 
 /* ---- The test's own connection ------------------------------------------------ */
 
-static PGconn *db_connect(void)
+static PGconn *db_connect_to(const char *ci)
 {
-    PGconn *db = PQconnectdb(conninfo());
+    PGconn *db = PQconnectdb(ci);
     ck_assert_msg(PQstatus(db) == CONNECTION_OK, "test connection: %s", PQerrorMessage(db));
     return db;
+}
+
+static PGconn *db_connect(void)
+{
+    return db_connect_to(conninfo());
 }
 
 static void db_exec(PGconn *db, const char *sql)
@@ -170,12 +176,17 @@ static struct connector *sink_new(const char *ci, const char *connect_timeout)
     return c;
 }
 
-static struct connector *sink_open(void)
+static struct connector *sink_open_to(const char *ci)
 {
-    struct connector *c = sink_new(conninfo(), NULL);
+    struct connector *c = sink_new(ci, NULL);
     char err[512] = "";
     ck_assert_msg(ops->open(c, err, sizeof err) == 0, "open: %s", err);
     return c;
+}
+
+static struct connector *sink_open(void)
+{
+    return sink_open_to(conninfo());
 }
 
 static struct rule *rule_new(struct connector *c, enum rule_type type, const struct item *items,
@@ -938,20 +949,64 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* The data directory of the test server: MQB_PG_DATADIR, else the one
- * tests/services/start made; NULL when unknown. */
-static const char *pg_datadir(void)
+/* The server the restart case restarts: the one of MQB_PG_DATADIR (with
+ * MQB_PG_CONNINFO) when set, else a private one from `tests/services/start
+ * pg` (run from the source directory, as ctest does), so that a restart
+ * never disturbs other tests sharing the services. Started and stopped by
+ * the test case's unchecked fixture, in the runner: a failing test cannot
+ * leave it behind. */
+static char restart_dir[512]; /* the private services folder, "" if none */
+static char restart_conninfo[512];
+static char restart_datadir[600];
+
+/* "KEY=value" or "KEY='value'" from start's output into out. */
+static void setting_take(const char *line, const char *key, char *out, size_t len)
 {
-    static char path[600];
-    struct stat st;
+    size_t k = strlen(key);
+    if (strncmp(line, key, k) != 0 || line[k] != '=')
+        return;
+    const char *v = line + k + 1;
+    size_t n = strcspn(v, "\n");
+    if (n >= 2 && v[0] == '\'' && v[n - 1] == '\'') {
+        v++;
+        n -= 2;
+    }
+    snprintf(out, len, "%.*s", (int)n, v);
+}
+
+static void restart_server_start(void)
+{
     const char *d = getenv("MQB_PG_DATADIR");
-    if (d && *d)
-        return d;
-    d = getenv("MQB_SERVICES_DIR");
-    if (!d || !*d)
-        return NULL;
-    snprintf(path, sizeof path, "%s/pg/data", d);
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode) ? path : NULL;
+    char line[1024];
+    if (d && *d) {
+        snprintf(restart_datadir, sizeof restart_datadir, "%s", d);
+        return; /* with MQB_PG_CONNINFO, checked by the test */
+    }
+    FILE *f = popen("tests/services/start pg", "r");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        setting_take(line, "MQB_SERVICES_DIR", restart_dir, sizeof restart_dir);
+        setting_take(line, "MQB_PG_CONNINFO", restart_conninfo, sizeof restart_conninfo);
+    }
+    if (pclose(f) != 0 || !restart_dir[0] || !restart_conninfo[0]) {
+        restart_dir[0] = restart_conninfo[0] = '\0';
+        return;
+    }
+    snprintf(restart_datadir, sizeof restart_datadir, "%s/pg/data", restart_dir);
+}
+
+static void restart_server_stop(void)
+{
+    if (!restart_dir[0])
+        return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("tests/services/stop", "tests/services/stop", "--quiet", restart_dir, (char *)NULL);
+        _exit(127);
+    }
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
 }
 
 /* pg_ctl restart -m fast -w, as the owner of the data directory. */
@@ -995,17 +1050,17 @@ static void pg_restart(const char *datadir)
  * acknowledged; after open() succeeds again everything is written once. */
 START_TEST(test_server_restart)
 {
-    conninfo(); /* a missing server is a failure, not a skip */
-    const char *datadir = pg_datadir();
-    if (!datadir) {
-        printf("postgres: server restart case skipped: set MQB_PG_DATADIR (tests/services/start "
-               "sets MQB_SERVICES_DIR, which is enough)\n");
+    if (!restart_datadir[0]) {
+        printf("postgres: server restart case skipped: no MQB_PG_DATADIR, and no private server "
+               "from tests/services/start pg (run from the source directory)\n");
         return;
     }
+    const char *datadir = restart_datadir;
+    const char *ci = restart_conninfo[0] ? restart_conninfo : conninfo();
     enum { N = 20 };
     char table[64];
     unique_name(table, sizeof table, "restart");
-    struct connector *c = sink_open();
+    struct connector *c = sink_open_to(ci);
     struct item items[] = {{"table", table}, {"create_table", "true"}, {NULL, NULL}};
     struct rule *r = rule_ok(c, RULE_OUTBOUND, items, NULL);
     struct msg m[N];
@@ -1014,7 +1069,8 @@ START_TEST(test_server_restart)
     export_msgs(c, m, N / 2, CONNECTOR_OK, N / 2);
 
     pg_restart(datadir);
-    export_msgs(c, m + N / 2, N / 2, CONNECTOR_RETRY, 0);
+    const char *xerr = export_msgs(c, m + N / 2, N / 2, CONNECTOR_RETRY, 0);
+    ck_assert_msg(strstr(xerr, "host=") && strlen(xerr) > 40, "err: %s", xerr);
     ops->close(c);
     double deadline = now_s() + 30;
     char err[512] = "";
@@ -1024,7 +1080,7 @@ START_TEST(test_server_restart)
         nanosleep(&pause, NULL); /* poll interval, bounded by the deadline */
     }
     export_msgs(c, m, N, CONNECTOR_OK, N); /* the first half again: harmless */
-    PGconn *db = db_connect();
+    PGconn *db = db_connect_to(ci);
     check_messages(db, table, m, N);
     PQfinish(db);
     rule_free(c, r);
@@ -1091,8 +1147,14 @@ Suite *postgres_suite(void)
     tcase_add_test(tc, test_reject_status_event);
     tcase_add_test(tc, test_retry_missing_table);
     tcase_add_test(tc, test_retry_unreachable);
-    tcase_add_test(tc, test_server_restart);
     tcase_add_test(tc, test_throughput);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("restart");
+    tcase_add_unchecked_fixture(tc, restart_server_start, restart_server_stop);
+    tcase_add_unchecked_fixture(tc, NULL, drop_all);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_server_restart);
     suite_add_tcase(s, tc);
     return s;
 }
