@@ -51,9 +51,8 @@ struct conn {
     struct message *will;    /* NULL when none */
     struct buf in;           /* bytes of an incomplete packet */
     struct buf out;          /* encoded, not yet handed to the kernel */
-    struct buf wbuf;         /* handed to uv_write, in flight */
-    uv_write_t wreq;
-    char peer[64]; /* "ip:port" */
+    size_t writing_bytes;    /* handed to uv_write, in flight */
+    char peer[56];           /* "ip:port"; IPv6 with port fits in 54 */
 };
 
 struct broker {

@@ -214,7 +214,6 @@ static void on_conn_closed(uv_handle_t *h)
     struct conn *c = h->data;
     buf_free(&c->in);
     buf_free(&c->out);
-    buf_free(&c->wbuf);
     message_unref(c->will);
     free(c);
 }
@@ -299,11 +298,22 @@ void conn_send_ack(struct conn *c, enum mqtt_type type, uint16_t packet_id)
 
 static void conn_write(struct conn *c);
 
+/* A write the kernel could not take at once: the request and its bytes,
+ * allocated only then (most connections never need one). */
+struct pending_write {
+    uv_write_t req;
+    struct conn *c;
+    struct buf data;
+};
+
 static void on_write_done(uv_write_t *req, int status)
 {
-    struct conn *c = req->data;
+    struct pending_write *pw = (struct pending_write *)req;
+    struct conn *c = pw->c;
+    buf_free(&pw->data);
+    free(pw);
     c->writing = false;
-    buf_reset(&c->wbuf);
+    c->writing_bytes = 0;
     if (c->state == CONN_CLOSING)
         return;
     if (status < 0) {
@@ -312,8 +322,6 @@ static void on_write_done(uv_write_t *req, int status)
     }
     if (c->out.len)
         conn_write(c);
-    else
-        buf_free(&c->wbuf);
 }
 
 static void conn_write(struct conn *c)
@@ -331,25 +339,34 @@ static void conn_write(struct conn *c)
     c->b->stats.bytes_sent += (uint64_t)n;
     if ((size_t)n == c->out.len) {
         buf_reset(&c->out);
-        if (c->out.cap > 65536)
+        /* Idle connections keep no buffer; busy ones keep theirs (up to a
+         * size) to avoid regrowing it every iteration. */
+        if (c->out.cap <= 1024 || c->out.cap > 65536)
             buf_free(&c->out);
         return;
     }
-    /* The kernel is full: hand the rest to libuv and keep encoding new
-     * output into c->out meanwhile. */
+    /* The kernel is full: hand the rest to libuv (the buffer moves to the
+     * request) and keep encoding new output into c->out meanwhile. */
+    struct pending_write *pw = malloc(sizeof *pw);
+    if (!pw) {
+        conn_close(c, "out of memory", true);
+        return;
+    }
     buf_consume(&c->out, (size_t)n);
-    struct buf tmp = c->wbuf;
-    c->wbuf = c->out;
-    c->out = tmp;
-    buf_reset(&c->out);
-    c->b->stats.bytes_sent += c->wbuf.len;
-    ub.base = (char *)c->wbuf.data;
-    ub.len = c->wbuf.len;
-    c->wreq.data = c;
+    pw->c = c;
+    pw->data = c->out;
+    c->out = (struct buf){0};
+    c->b->stats.bytes_sent += pw->data.len;
+    ub.base = (char *)pw->data.data;
+    ub.len = pw->data.len;
     c->writing = true;
-    int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &ub, 1, on_write_done);
+    c->writing_bytes = pw->data.len;
+    int rc = uv_write(&pw->req, (uv_stream_t *)&c->tcp, &ub, 1, on_write_done);
     if (rc < 0) {
+        buf_free(&pw->data);
+        free(pw);
         c->writing = false;
+        c->writing_bytes = 0;
         conn_close(c, uv_strerror(rc), true);
     }
 }

@@ -20,7 +20,7 @@ static void ops_send_publish(void *ctx, struct session *s, const struct out_msg 
     struct conn *c = live_conn(s);
     if (!c)
         return;
-    if (om->qos == 0 && c->out.len + c->wbuf.len > MAX_PENDING_OUT) {
+    if (om->qos == 0 && c->out.len + c->writing_bytes > MAX_PENDING_OUT) {
         /* a subscriber that does not read: shed QoS 0 rather than memory */
         b->stats.messages_dropped++;
         return;

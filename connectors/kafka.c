@@ -544,7 +544,9 @@ static int kafka_batch_begin(struct kafka_conn *kc, size_t n)
 
 /* Serve reports until every produced record has one or the deadline is
  * past; then purge what is left (its reports say PURGE_*, i.e. retry) so
- * that no report of this batch can arrive during the next one. */
+ * that no report of this batch can arrive during the next one. Flushing
+ * (rather than polling) sends at once instead of waiting for linger.ms:
+ * the whole batch is in the queue already. */
 static void kafka_batch_wait(struct kafka_conn *kc, int64_t deadline)
 {
     int64_t now;

@@ -25,7 +25,7 @@
 #define MQB_SOURCE_DIR "."
 #endif
 
-#define EX_POLL_MS 20   /* polling period of a sink or the log */
+#define EX_POLL_MS 20    /* polling period of a sink or the log */
 #define EX_CTL_MS 120000 /* tests/services/ctl: a Kafka start may be slow */
 #define EX_CLOCK_SLACK_MS 2000
 
@@ -70,8 +70,8 @@ void ex_unique_name(char *out, size_t len, const char *prefix)
 {
     static unsigned n;
     /* pid and time: a rerun against long-lived services gets new names */
-    snprintf(out, len, "%s_%ld_%u_%u", prefix, (long)getpid(),
-             (unsigned)(ex_wall_ms() % 100000000), n++);
+    snprintf(out, len, "%s_%ld_%u_%u", prefix, (long)getpid(), (unsigned)(ex_wall_ms() % 100000000),
+             n++);
 }
 
 int64_t ex_wall_ms(void)
@@ -183,8 +183,8 @@ void ex_stats_expect_settled(const struct it_broker *b, const char *rule, long l
                       "rule %s: matched != exported + queued + dropped: %s", rule, st.line);
         if (st.queued == 0)
             break;
-        ck_assert_msg(it_now_ms() < deadline, "rule %s: records still queued after %d ms: %s",
-                      rule, EX_SINK_MS, st.line);
+        ck_assert_msg(it_now_ms() < deadline, "rule %s: records still queued after %d ms: %s", rule,
+                      EX_SINK_MS, st.line);
         poll(NULL, 0, 100); /* the polling period */
     }
     ck_assert_msg(st.dropped == 0, "rule %s dropped records: %s", rule, st.line);
@@ -366,9 +366,9 @@ static void ex_pub_send(struct ex_pub *p, unsigned c)
     uint8_t payload[128];
     ex_topic(c, seq, topic, sizeof topic);
     size_t len = ex_payload(c, seq, payload, sizeof payload);
-    ck_assert_msg(it_raw_publish(&p->raw[c], topic, payload, len, 1, false, false,
-                                 (uint16_t)(seq + 1)) == 0,
-                  "pub%u: sending %s failed", c, topic);
+    ck_assert_msg(
+        it_raw_publish(&p->raw[c], topic, payload, len, 1, false, false, (uint16_t)(seq + 1)) == 0,
+        "pub%u: sending %s failed", c, topic);
     *ex_state_of(p, c, seq) = EX_SENT;
 }
 
@@ -409,8 +409,8 @@ static void ex_pub_loop(struct ex_pub *p, struct it_broker *b, unsigned count, u
                 continue;
             busy = true;
             int t = ex_pub_read(p, c, IT_WAIT_MS);
-            ck_assert_msg(t == MQTT_PUBACK, "pub%u: no PUBACK within %d ms (got %d)", c,
-                          IT_WAIT_MS, t);
+            ck_assert_msg(t == MQTT_PUBACK, "pub%u: no PUBACK within %d ms (got %d)", c, IT_WAIT_MS,
+                          t);
             inflight[c]--;
             acked++;
         }
@@ -455,8 +455,8 @@ void ex_pub_load_ids(struct ex_pub *p)
         const char *at = strstr(line, "@@@pub");
         unsigned c, c2, seq, qos;
         char hex[17];
-        if (!at || sscanf(at, "@@@pub%u: PUBLISH " EX_PARENT "/pub%u/%u qos=%u id=%16[0-9a-f]",
-                          &c, &c2, &seq, &qos, hex) != 5)
+        if (!at || sscanf(at, "@@@pub%u: PUBLISH " EX_PARENT "/pub%u/%u qos=%u id=%16[0-9a-f]", &c,
+                          &c2, &seq, &qos, hex) != 5)
             continue;
         if (c == c2 && c < EX_CLIENTS_MAX && seq < EX_SEQ_MAX)
             memcpy(p->ids[(size_t)c * EX_SEQ_MAX + seq], hex, sizeof hex);
@@ -485,8 +485,8 @@ static void ex_msg_check_content(struct ex_pub *p, size_t k, const struct ex_msg
     char id[64];
     uint8_t want[128];
     snprintf(id, sizeof id, EX_GROUP "@@@pub%u", c);
-    ck_assert_msg(m->client_id && !strcmp(m->client_id, id), "message %zu (%s): client id '%s'",
-                  k, m->topic, ex_s(m->client_id));
+    ck_assert_msg(m->client_id && !strcmp(m->client_id, id), "message %zu (%s): client id '%s'", k,
+                  m->topic, ex_s(m->client_id));
     ck_assert_msg(!m->key || !strcmp(m->key, id), "message %zu (%s): key '%s', want '%s'", k,
                   m->topic, m->key, id);
     ck_assert_msg(m->qos == 1, "message %zu (%s): qos %d, want 1", k, m->topic, m->qos);
@@ -513,8 +513,8 @@ struct ex_check {
     size_t dups;
 };
 
-static int ex_msgs_check_into(struct ex_pub *p, const struct ex_msgs *got, uint32_t lo,
-                              uint32_t hi, bool no_dups, struct ex_check *r)
+static int ex_msgs_check_into(struct ex_pub *p, const struct ex_msgs *got, uint32_t lo, uint32_t hi,
+                              bool no_dups, struct ex_check *r)
 {
     uint16_t *seen = calloc((size_t)EX_CLIENTS_MAX * EX_SEQ_MAX, sizeof *seen);
     int64_t last[EX_CLIENTS_MAX];
@@ -527,8 +527,7 @@ static int ex_msgs_check_into(struct ex_pub *p, const struct ex_msgs *got, uint3
         unsigned c;
         uint32_t seq;
         ck_assert_msg(ex_topic_parse(m->topic, &c, &seq) && c < p->clients,
-                      "message %zu: topic '%s' was not published by this test", k,
-                      ex_s(m->topic));
+                      "message %zu: topic '%s' was not published by this test", k, ex_s(m->topic));
         ck_assert_msg(seq >= lo && seq < hi && *ex_state_of(p, c, seq) != EX_UNSENT,
                       "message %zu: %s does not belong here (want seq in [%u, %u), sent: %d)", k,
                       m->topic, (unsigned)lo, (unsigned)hi, *ex_state_of(p, c, seq));
@@ -549,7 +548,8 @@ static int ex_msgs_check_into(struct ex_pub *p, const struct ex_msgs *got, uint3
     }
     for (unsigned c = 0; c < p->clients; c++)
         for (uint32_t seq = lo; seq < hi && seq < p->next[c]; seq++)
-            r->missing += *ex_state_of(p, c, seq) == EX_ACKED && !seen[(size_t)c * EX_SEQ_MAX + seq];
+            r->missing +=
+                *ex_state_of(p, c, seq) == EX_ACKED && !seen[(size_t)c * EX_SEQ_MAX + seq];
     free(seen);
     return r->missing == 0;
 }
@@ -757,8 +757,8 @@ static size_t ex_events_of(const struct ex_events *all, const char *client_id,
 
 /* Event k of a client, expected as steps[k] of connections conns. */
 static void ex_event_check(const struct ex_event *e, const struct ex_event *prev,
-                           const char *client_id, const struct ex_step *step,
-                           struct ex_conn *conns, unsigned nconns, int64_t t0)
+                           const char *client_id, const struct ex_step *step, struct ex_conn *conns,
+                           unsigned nconns, int64_t t0)
 {
     char num[32];
     ck_assert_msg(e->event_type && !strcmp(e->event_type, step->type),
@@ -780,8 +780,8 @@ static void ex_event_check(const struct ex_event *e, const struct ex_event *prev
                       "%s: two connections share channelId %s", client_id, e->channel_id);
     ck_assert_msg(!e->key || !strcmp(e->key, client_id), "%s: event key '%s'", client_id, e->key);
     ck_assert_msg(!prev || e->seq > prev->seq,
-                  "%s: event seq %" PRIu64 " after seq %" PRIu64 ": events out of order",
-                  client_id, e->seq, prev ? prev->seq : 0);
+                  "%s: event seq %" PRIu64 " after seq %" PRIu64 ": events out of order", client_id,
+                  e->seq, prev ? prev->seq : 0);
     int64_t now = ex_wall_ms();
     ck_assert_msg(e->time_ms >= t0 - EX_CLOCK_SLACK_MS && e->time_ms <= now + EX_CLOCK_SLACK_MS &&
                       (!prev || e->time_ms >= prev->time_ms),
@@ -820,8 +820,7 @@ static void ex_events_expect(struct ex_sink *s, const char *client_id, const str
 }
 
 /* The status-state rule applied to the client's events in sink order. */
-static void ex_state_derive(const struct ex_events *all, const char *client_id,
-                            struct ex_state *st)
+static void ex_state_derive(const struct ex_events *all, const char *client_id, struct ex_state *st)
 {
     memset(st, 0, sizeof *st);
     for (size_t i = 0; i < all->n; i++) {
@@ -829,8 +828,8 @@ static void ex_state_derive(const struct ex_events *all, const char *client_id,
         if (!e->client_id || strcmp(e->client_id, client_id))
             continue;
         bool connect = !strcmp(ex_s(e->event_type), "connect");
-        if (st->found && !(e->seq > st->seq &&
-                           (connect || !strcmp(ex_s(e->channel_id), st->channel_id))))
+        if (st->found &&
+            !(e->seq > st->seq && (connect || !strcmp(ex_s(e->channel_id), st->channel_id))))
             continue;
         st->found = true;
         st->online = connect;
@@ -887,8 +886,8 @@ void ex_scenario_status(struct ex_sink *s)
     static const char st1[] = EX_GROUP "@@@st1", st2[] = EX_GROUP "@@@st2";
     /* st1: clean disconnect (A), dropped TCP (B), takeover of C by D */
     static const struct ex_step steps1[] = {
-        {"connect", 0}, {"disconnect", 0}, {"tcpclean", 0}, {"connect", 1},
-        {"tcpclean", 1}, {"connect", 2},   {"tcpclean", 2}, {"connect", 3},
+        {"connect", 0},  {"disconnect", 0}, {"tcpclean", 0}, {"connect", 1},
+        {"tcpclean", 1}, {"connect", 2},    {"tcpclean", 2}, {"connect", 3},
     };
     static const struct ex_step steps2[] = {{"connect", 0}, {"disconnect", 0}, {"tcpclean", 0}};
     struct ex_conn c1[4], c2[1];
@@ -1006,8 +1005,8 @@ static void ex_sqlite_done(struct ex_sqlite *q, sqlite3_stmt *st, int rc)
 const struct ex_msgs *ex_sqlite_msgs(struct ex_sqlite *q, const char *table)
 {
     ex_msgs_clear(&q->msgs);
-    sqlite3_stmt *st = ex_sqlite_select(q, "msg_id, topic, client_id, qos, payload, time_ms",
-                                        table, "ORDER BY rowid", NULL);
+    sqlite3_stmt *st = ex_sqlite_select(q, "msg_id, topic, client_id, qos, payload, time_ms", table,
+                                        "ORDER BY rowid", NULL);
     if (!st)
         return &q->msgs;
     int rc;
@@ -1052,9 +1051,8 @@ void ex_sqlite_state(struct ex_sqlite *q, const char *table, const char *client_
                      struct ex_state *out)
 {
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st =
-        ex_sqlite_select(q, "online, channel_id, client_ip, since, seq, event_type", table,
-                         "WHERE client_id = ?", client_id);
+    sqlite3_stmt *st = ex_sqlite_select(q, "online, channel_id, client_ip, since, seq, event_type",
+                                        table, "WHERE client_id = ?", client_id);
     if (!st)
         return;
     int rc = sqlite3_step(st);

@@ -52,7 +52,7 @@
 #define EX_EXPORT_YAML "export: { retry_initial_ms: 100, retry_max_ms: 1000 }\n"
 
 #define EX_CLIENTS_MAX 8
-#define EX_SEQ_MAX 2048 /* messages per client and test */
+#define EX_SEQ_MAX 2048  /* messages per client and test */
 #define EX_SINK_MS 30000 /* deadline for a sink to catch up */
 
 /* ---- environment, services, names ---- */

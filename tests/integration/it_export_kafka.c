@@ -184,10 +184,9 @@ static void kf_create_topics(struct kf_sink *k)
     ck_assert_uint_eq(n, 2);
     for (size_t i = 0; i < n; i++) {
         rd_kafka_resp_err_t e = rd_kafka_topic_result_error(tr[i]);
-        ck_assert_msg(e == RD_KAFKA_RESP_ERR_NO_ERROR ||
-                          e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS,
-                      "create topic %s: %s", rd_kafka_topic_result_name(tr[i]),
-                      rd_kafka_err2str(e));
+        ck_assert_msg(
+            e == RD_KAFKA_RESP_ERR_NO_ERROR || e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS,
+            "create topic %s: %s", rd_kafka_topic_result_name(tr[i]), rd_kafka_err2str(e));
     }
     rd_kafka_event_destroy(ev);
     rd_kafka_AdminOptions_destroy(opt);

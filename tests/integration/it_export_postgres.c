@@ -208,8 +208,7 @@ static void pg_create_msgs_table(struct pg_sink *k)
              q);
     PQfreemem(q);
     PGresult *res = PQexec(k->conn, sql);
-    ck_assert_msg(PQresultStatus(res) == PGRES_COMMAND_OK, "%s: %s", sql,
-                  PQerrorMessage(k->conn));
+    ck_assert_msg(PQresultStatus(res) == PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(k->conn));
     PQclear(res);
 }
 

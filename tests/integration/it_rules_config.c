@@ -28,17 +28,16 @@
 
 struct rule_case {
     const char *name;
-    const char *instance; /* the instance mapping; NULL: MANAGED */
-    const char *inline_rules; /* a `rules:` section of the instance file, or NULL */
-    const char *a, *b;        /* rule files a.yaml, b.yaml; NULL: not listed */
+    const char *instance;            /* the instance mapping; NULL: MANAGED */
+    const char *inline_rules;        /* a `rules:` section of the instance file, or NULL */
+    const char *a, *b;               /* rule files a.yaml, b.yaml; NULL: not listed */
     void (*make_b)(struct buf *out); /* writes b.yaml instead of b */
-    /* The message starts with "<dir>/<file>:<line>:<col>: " ... */
+    /* stderr is exactly "<dir>/<file>:<line>:<col>: <message>\n", a
+     * conflict's message ending in "(rule '<other>' at <dir>/<other_file>:
+     * L:C has it)" with the position of the other rule's mapping. */
     const char *file;
     int line, col;
-    /* ... and holds these parts ... */
-    const char *parts[4];
-    /* ... and, for a conflict, "rule '<other>' at <dir>/<other_file>:L:C"
-     * with the position of the other rule's mapping. */
+    const char *message;
     const char *other, *other_file;
 };
 
@@ -64,7 +63,7 @@ static const struct rule_case rule_cases[] = {
      "    source: { topic: SensorData }\n"
      "    target: { connector: sink, table: t1 }\n"
      "    topik: SensorData\n",
-     NULL, "b.yaml", 6, 5, {"rule 'r1'", "unknown key 'topik'"}, NULL, NULL},
+     NULL, "b.yaml", 6, 5, "rule 'r1': unknown key 'topik'", NULL, NULL},
     {"unknown connector", NULL, NULL, NULL,
      "rules:\n"
      "  - name: r1\n"
@@ -73,7 +72,9 @@ static const struct rule_case rule_cases[] = {
      "    target:\n"
      "      connector: nope\n"
      "      table: t1\n",
-     NULL, "b.yaml", 6, 7, {"rule 'r1'", "connector", "'nope'"}, NULL, NULL},
+     NULL, "b.yaml", 6, 7,
+     "rule 'r1': target.connector: no connector named 'nope' (declare it under connectors)", NULL,
+     NULL},
     {"undeclared parent topic", NULL, NULL, NULL,
      "rules:\n"
      "  - name: r1\n"
@@ -81,7 +82,8 @@ static const struct rule_case rule_cases[] = {
      "    source:\n"
      "      topic: Unknown\n"
      "    target: { connector: sink, table: t1 }\n",
-     NULL, "b.yaml", 5, 7, {"rule 'r1'", "parent topic", "'Unknown'"}, NULL, NULL},
+     NULL, "b.yaml", 5, 7, "rule 'r1': source.topic: 'Unknown' is not a declared parent topic",
+     NULL, NULL},
     {"undeclared group", NULL, NULL, NULL,
      "rules:\n"
      "  - name: r1\n"
@@ -89,7 +91,8 @@ static const struct rule_case rule_cases[] = {
      "    source:\n"
      "      group: GID_nope\n"
      "    target: { connector: sink, table: s1 }\n",
-     NULL, "b.yaml", 5, 7, {"rule 'r1'", "group", "'GID_nope'"}, NULL, NULL},
+     NULL, "b.yaml", 5, 7, "rule 'r1': source.group: 'GID_nope' is not a declared group ID", NULL,
+     NULL},
     {"template with an unknown field", NULL, NULL, NULL,
      "rules:\n"
      "  - name: r1\n"
@@ -99,9 +102,12 @@ static const struct rule_case rule_cases[] = {
      "      connector: cache\n"
      "      mode: stream\n"
      "      key: \"dev-${clientId}\"\n",
-     NULL, "b.yaml", 8, 7, {"rule 'r1'", "key 'key'", "unknown field 'clientId'"}, NULL, NULL},
-    {"more than 100 rules", "{ naming: mqtt }", NULL, NULL, NULL, make_101_rules, "b.yaml", 102,
-     5, {"rule 'r101'", "100"}, NULL, NULL},
+     NULL, "b.yaml", 8, 7,
+     "rule 'r1': key 'key': unknown field 'clientId' (fields: clientid, group, device, topic, "
+     "qos, msgid, timestamp, payload, payload.<key>...)",
+     NULL, NULL},
+    {"more than 100 rules", "{ naming: mqtt }", NULL, NULL, NULL, make_101_rules, "b.yaml", 102, 5,
+     "rule 'r101': more than 100 rules", NULL, NULL},
     {"two outbound rules for one parent topic", NULL, NULL,
      "rules:\n"
      "  - name: a\n"
@@ -113,7 +119,8 @@ static const struct rule_case rule_cases[] = {
      "    type: outbound\n"
      "    source: { topic: SensorData }\n"
      "    target: { connector: sink, table: tb }\n",
-     NULL, "b.yaml", 2, 5, {"rule 'b'", "outbound", "'SensorData'"}, "a", "a.yaml"},
+     NULL, "b.yaml", 2, 5, "rule 'b': a second outbound rule for parent topic 'SensorData'", "a",
+     "a.yaml"},
     {"two status rules for one group (inline and file)", NULL,
      "rules:\n"
      "  - name: a\n"
@@ -126,7 +133,8 @@ static const struct rule_case rule_cases[] = {
      "    type: status\n"
      "    source: { group: GID_sensors }\n"
      "    target: { connector: sink, table: sb }\n",
-     NULL, "b.yaml", 2, 5, {"rule 'b'", "status", "'GID_sensors'"}, "a", "mqbridge.yaml"},
+     NULL, "b.yaml", 2, 5, "rule 'b': a second status rule for group 'GID_sensors'", "a",
+     "mqbridge.yaml"},
 };
 
 /* "<dir>/<file>:L:C" of the mapping of rule `name` ("  - name: <name>")
@@ -210,7 +218,7 @@ static int check_config(const char *dir, struct it_proc *p)
 START_TEST(test_bad_rule)
 {
     const struct rule_case *rc = &rule_cases[_i];
-    char dir[64], prefix[256], other[256];
+    char dir[64], want[512];
     struct buf main_text = {0};
     struct it_proc p;
     it_tmpdir_make(dir, sizeof dir);
@@ -218,22 +226,16 @@ START_TEST(test_bad_rule)
     int st = check_config(dir, &p);
     const char *err = p.err.data ? (const char *)p.err.data : "";
     ck_assert_msg(st == 1, "%s: --check-config exit %d, want 1; stderr: %s", rc->name, st, err);
-    snprintf(prefix, sizeof prefix, "%s/%s:%d:%d: ", dir, rc->file, rc->line, rc->col);
-    ck_assert_msg(!strncmp(err, prefix, strlen(prefix)), "%s: message does not start with '%s': %s",
-                  rc->name, prefix, err);
-    for (int i = 0; i < 4 && rc->parts[i]; i++)
-        ck_assert_msg(strstr(err, rc->parts[i]), "%s: message lacks \"%s\": %s", rc->name,
-                      rc->parts[i], err);
+    char other[256] = "";
     if (rc->other) {
-        const char *text = !strcmp(rc->other_file, "a.yaml") ? rc->a : (char *)main_text.data;
         char pos[192];
+        const char *text = !strcmp(rc->other_file, "a.yaml") ? rc->a : (char *)main_text.data;
         rule_position(dir, rc->other_file, text, rc->other, pos, sizeof pos);
-        snprintf(other, sizeof other, "rule '%s' at %s", rc->other, pos);
-        ck_assert_msg(strstr(err, other), "%s: message does not name the other rule as \"%s\": %s",
-                      rc->name, other, err);
+        snprintf(other, sizeof other, " (rule '%s' at %s has it)", rc->other, pos);
     }
-    ck_assert_msg(!strchr(err, '\n') || !strchr(err, '\n')[1],
-                  "%s: more than one line on stderr: %s", rc->name, err);
+    snprintf(want, sizeof want, "%s/%s:%d:%d: %s%s\n", dir, rc->file, rc->line, rc->col,
+             rc->message, other);
+    ck_assert_msg(!strcmp(err, want), "%s:\n got: %s want: %s", rc->name, err, want);
     it_proc_cleanup(&p);
     buf_free(&main_text);
     it_tmpdir_remove(dir);
@@ -244,7 +246,8 @@ END_TEST
 START_TEST(test_good_rules)
 {
     static const struct rule_case good = {
-        "good", NULL,
+        "good",
+        NULL,
         "rules:\n"
         "  - name: presence\n"
         "    type: status\n"
@@ -260,7 +263,13 @@ START_TEST(test_good_rules)
         "    type: outbound\n"
         "    source: { topic: Commands }\n"
         "    target: { connector: cache, mode: stream, key: \"cmd:${clientid}\" }\n",
-        NULL, NULL, 0, 0, {NULL}, NULL, NULL};
+        NULL,
+        NULL,
+        0,
+        0,
+        NULL,
+        NULL,
+        NULL};
     char dir[64];
     struct buf main_text = {0};
     struct it_proc p;
