@@ -32,6 +32,7 @@ struct broker_limits {
     uint16_t max_subscriptions_per_client;          /* 30; a wildcard filter counts as one */
     uint16_t max_wildcard_subscriptions_per_parent; /* 100, instance-wide */
     uint16_t max_parent_topics;                     /* 25 (checked when loading the config) */
+    uint32_t max_rules;                             /* 100 (checked by the rules engine) */
     uint32_t offline_message_ttl;                   /* seconds; 259200 = 3 days */
     uint32_t max_offline_messages; /* 1000000 per instance; past it the oldest go */
 };
@@ -61,7 +62,7 @@ struct broker_config {
  * STORE_SYNC_NORMAL, max_packet_size 268435460, max_inflight 20,
  * max_queued 1000, max_connections 0, max_keepalive 0, max_message_size
  * 65536, max_subscriptions_per_client 30,
- * max_wildcard_subscriptions_per_parent 100, max_parent_topics 25,
+ * max_wildcard_subscriptions_per_parent 100, max_parent_topics 25, max_rules 100,
  * offline_message_ttl 259200, max_offline_messages 1000000, naming managed
  * with no parent topics or groups declared and naming limits 64/3/64,
  * on_duplicate_client_id takeover). Strings are heap copies freed by

@@ -23,6 +23,7 @@ void broker_config_defaults(struct broker_config *cfg)
     cfg->limits.max_subscriptions_per_client = 30;
     cfg->limits.max_wildcard_subscriptions_per_parent = 100;
     cfg->limits.max_parent_topics = 25;
+    cfg->limits.max_rules = 100;
     cfg->limits.offline_message_ttl = 259200; /* 3 days */
     cfg->limits.max_offline_messages = 1000000;
     cfg->naming_mode = NAMING_MANAGED;

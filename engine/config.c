@@ -246,6 +246,9 @@ static const struct cfg_key limits_keys[] = {
     CFG_KEY("max_parent_topics", CFG_UINT, 0, 1, 1000, NULL,
             INST_FIELD(broker.limits.max_parent_topics), "25",
             "Parent topics instance.parent_topics may declare."),
+    CFG_KEY("max_rules", CFG_UINT, 0, 1, 100000, NULL, INST_FIELD(broker.limits.max_rules), "100",
+            "Rules (outbound, status, inbound) the instance may hold, across the instance file "
+            "and every rule file."),
     CFG_KEY("offline_message_ttl", CFG_UINT, 0, 1, 315360000, NULL,
             INST_FIELD(broker.limits.offline_message_ttl), "259200",
             "Seconds an offline message (QoS 1, cleanSession=false) is kept before it expires; "

@@ -18,8 +18,6 @@
 #include "export.h"
 #include "import.h"
 
-#define MAX_RULES 100 /* SEMANTICS.md: at most 100 rules per instance */
-
 #ifndef MQB_VERSION
 #define MQB_VERSION "0.0.0"
 #endif
@@ -173,7 +171,7 @@ static struct export_resources resources_of(const struct instance_config *cfg)
         .parent_topic_count = bc->naming.parent_topic_count,
         .groups = bc->naming.groups,
         .group_count = bc->naming.group_count,
-        .max_rules = MAX_RULES,
+        .max_rules = bc->limits.max_rules,
     };
 }
 
