@@ -79,6 +79,7 @@ static void rctx_release(void *ctx, const struct rule *r, void *compiled)
 /* ---- creation ---- */
 
 static void on_done_async(uv_async_t *a);
+static void sinks_close_handles(struct exporter *x);
 
 static int sink_init(struct exporter *x, struct sink *sk, const struct connector_decl *d, char *err,
                      size_t errlen)
@@ -119,6 +120,12 @@ int exporter_new(uv_loop_t *loop, const struct export_settings *settings,
     }
     x->loop = loop;
     x->settings = *settings;
+    /* Generation ids are stored with spooled records: they must not repeat
+     * across runs, or a record of an earlier run would pass for one counted
+     * in this run. Start from the clock (ms << 16). */
+    uv_timeval64_t tv;
+    uv_gettimeofday(&tv);
+    x->last_generation_id = ((uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000) << 16;
     x->sinks = calloc(ndecls ? ndecls : 1, sizeof *x->sinks);
     if (!x->sinks) {
         snprintf(err, errlen, "out of memory");
@@ -685,12 +692,32 @@ static void sink_drain_lists(struct sink *sk)
         record_release(sk->x, rec);
 }
 
+static void on_async_closed(uv_handle_t *h)
+{
+    struct sink *sk = h->data;
+    sk->x->closing--;
+}
+
+/* Close the sinks' async handles and let libuv finish with them before
+ * their memory goes (the loop has ended; nothing else runs on it). */
+static void sinks_close_handles(struct exporter *x)
+{
+    for (unsigned i = 0; i < x->sink_count; i++) {
+        struct sink *sk = &x->sinks[i];
+        if (sk->done_async.loop && !uv_is_closing((uv_handle_t *)&sk->done_async)) {
+            x->closing++;
+            uv_close((uv_handle_t *)&sk->done_async, on_async_closed);
+        }
+    }
+    while (x->closing)
+        uv_run(x->loop, UV_RUN_NOWAIT);
+}
+
 static void sink_free(struct sink *sk)
 {
     if (sk->ops && sk->impl)
         sk->ops->destroy(sk->impl);
     if (sk->ops && sk->name && sk->done_async.loop) {
-        uv_close((uv_handle_t *)&sk->done_async, NULL);
         uv_mutex_destroy(&sk->lock);
         uv_cond_destroy(&sk->cond);
     }
@@ -712,6 +739,7 @@ void exporter_free(struct exporter *x)
         x->retired = g->next;
         generation_free(x, g);
     }
+    sinks_close_handles(x);
     for (unsigned i = 0; i < x->sink_count; i++)
         sink_free(&x->sinks[i]);
     free(x->sinks);

@@ -70,6 +70,7 @@ struct exporter {
     struct hmap rule_stats;     /* rule name -> struct rule_stats */
     struct rules_context rctx;  /* callbacks into the sinks */
     uint64_t last_generation_id;
+    unsigned closing; /* handles being closed */
     bool started;
 };
 

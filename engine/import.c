@@ -320,13 +320,23 @@ void importer_stop(struct importer *im)
         feeders_stop(im);
 }
 
+static void on_async_closed(uv_handle_t *h)
+{
+    struct importer *im = h->data;
+    im->async_inited = false;
+}
+
 void importer_free(struct importer *im)
 {
     if (!im)
         return;
     feeders_stop(im);
-    if (im->async_inited)
-        uv_close((uv_handle_t *)&im->async, NULL);
+    if (im->async_inited) {
+        /* libuv must be done with the handle before its memory goes */
+        uv_close((uv_handle_t *)&im->async, on_async_closed);
+        while (im->async_inited)
+            uv_run(im->loop, UV_RUN_NOWAIT);
+    }
     free(im);
 }
 

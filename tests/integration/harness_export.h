@@ -84,16 +84,18 @@ bool ex_log_wait(const struct it_broker *b, long from, const char *a, const char
                  size_t len, int timeout_ms);
 
 struct ex_rule_stats {
-    long long matched, exported, queued, dropped;
+    uint64_t matched, exported, queued, dropped;
     char line[1024];
 };
 /* SIGUSR1, then the "stats: rule <name> " line it produced; fails the test
  * when none comes or a counter is missing. */
 void ex_stats_rule(const struct it_broker *b, const char *rule, struct ex_rule_stats *out);
+/* matched == exported + queued + dropped, no part larger than matched. */
+bool ex_stats_add_up(const struct ex_rule_stats *st);
 /* Poll the rule's counters until queued == 0, requiring on every reading
  * matched == exported + queued + dropped; at the end dropped == 0 and, when
  * want_matched >= 0, matched == exported == want_matched. */
-void ex_stats_expect_settled(const struct it_broker *b, const char *rule, long long want_matched);
+void ex_stats_expect_settled(const struct it_broker *b, const char *rule, int64_t want_matched);
 /* Poll until the connector's stats line says state=connected. */
 void ex_stats_expect_connected(const struct it_broker *b, const char *connector);
 

@@ -1,0 +1,692 @@
+/* The inbound tests' shared parts: the broker with one inbound rule, the
+ * records and their payloads, MQTT subscribers checked message by message,
+ * the importer's counters, and the five scenarios run against every source.
+ * See harness_inbound.h. */
+#include "harness_inbound.h"
+
+#include <check.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "harness_export.h"
+
+#define IN_POLL_MS 20     /* polling period of the log and the subscribers */
+#define IN_BIG 65536      /* the largest payload the instance accepts */
+#define IN_KILL_AFTER 150 /* kill -9 once the subscriber got this many */
+#define IN_KILL_CAP 3000  /* records added at most before the kill */
+
+/* ---- lists, payloads, batches ---- */
+
+void in_deads_add(struct in_deads *l, const void *payload, size_t len, const char *reason)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16;
+        l->v = realloc(l->v, l->cap * sizeof *l->v);
+        ck_assert(l->v != NULL);
+    }
+    struct in_dead *d = &l->v[l->n++];
+    d->payload = (uint8_t *)ex_strndup(payload ? payload : "", len);
+    d->len = len;
+    d->reason = ex_strndup(reason ? reason : "", reason ? strlen(reason) : 0);
+}
+
+void in_deads_clear(struct in_deads *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->v[i].payload);
+        free(l->v[i].reason);
+    }
+    l->n = 0;
+}
+
+size_t in_payload(const char *tag, uint32_t seq, uint8_t *out, size_t cap)
+{
+    static const uint8_t odd[] = {0x00, 0xff, 0x80, '"', '\\', '\n', 0x7f, 0x01};
+    int n = snprintf((char *)out, cap, "%s %05u ", tag, (unsigned)seq);
+    size_t len = (size_t)n;
+    ck_assert(n > 0 && len + sizeof odd + 37 <= cap && cap <= IN_PAYLOAD_MAX);
+    memcpy(out + len, odd, sizeof odd);
+    len += sizeof odd;
+    for (uint32_t i = 0; i < seq % 37; i++)
+        out[len++] = (uint8_t)('a' + (seq + i) % 26);
+    return len;
+}
+
+/* The seq of a payload made by in_payload(tag, seq), exactly; -1 when it
+ * is not one. */
+static int64_t in_payload_seq(const char *tag, const void *payload, size_t len)
+{
+    char head[32];
+    uint8_t want[IN_PAYLOAD_MAX];
+    unsigned seq;
+    size_t taglen = strlen(tag);
+    size_t n = len < sizeof head - 1 ? len : sizeof head - 1;
+    memcpy(head, payload, n);
+    head[n] = '\0';
+    if (n <= taglen + 1 || memcmp(head, tag, taglen) || head[taglen] != ' ' ||
+        sscanf(head + taglen + 1, "%5u", &seq) != 1)
+        return -1;
+    size_t wlen = in_payload(tag, seq, want, sizeof want);
+    return wlen == len && !memcmp(want, payload, len) ? (int64_t)seq : -1;
+}
+
+/* Records with payloads in_payload(tag, first + i); the other fields are
+ * NULL for the caller to set. */
+struct in_batch {
+    struct in_rec *rec;
+    uint8_t (*pay)[IN_PAYLOAD_MAX];
+    size_t n;
+};
+
+static void in_batch_make(struct in_batch *bt, const char *tag, uint32_t first, size_t n)
+{
+    bt->rec = calloc(n ? n : 1, sizeof *bt->rec);
+    bt->pay = calloc(n ? n : 1, sizeof *bt->pay);
+    bt->n = n;
+    ck_assert(bt->rec && bt->pay);
+    for (size_t i = 0; i < n; i++) {
+        bt->rec[i].len = in_payload(tag, first + (uint32_t)i, bt->pay[i], sizeof bt->pay[i]);
+        bt->rec[i].payload = bt->pay[i];
+    }
+}
+
+static void in_batch_free(struct in_batch *bt)
+{
+    free(bt->rec);
+    free(bt->pay);
+    memset(bt, 0, sizeof *bt);
+}
+
+/* ---- the broker ---- */
+
+/* The whole extra YAML: connector, the inbound rule, export settings. */
+static void in_write_yaml(struct in_source *s, struct buf *yaml)
+{
+    const char *parts[] = {"connectors:\n  " IN_CONNECTOR ": { ", NULL,
+                           " }\nrules:\n  - name: " IN_RULE "\n    type: inbound\n"
+                           "    source: { connector: " IN_CONNECTOR ", ",
+                           NULL, " }\n    target: { topic: " IN_PARENT " }\n" IN_EXPORT_YAML};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        if (parts[i])
+            buf_append(yaml, parts[i], strlen(parts[i]));
+        else if (i == 1)
+            s->write_connector(s, yaml);
+        else
+            s->write_source(s, yaml);
+    }
+    buf_append(yaml, "", 1);
+}
+
+/* Wait for the importer's "reading from" line written after byte from. */
+static void in_wait_reading(const struct it_broker *b, long from)
+{
+    char line[512];
+    ck_assert_msg(ex_log_wait(b, from, "inbound rule " IN_RULE ": reading from", NULL, line,
+                              sizeof line, IN_FLOW_MS),
+                  "inbound rule " IN_RULE " did not open its source within %d ms (see the log)",
+                  IN_FLOW_MS);
+}
+
+/* Start mqbridge with the source's rule; with wait_source, return once the
+ * rule reads from its source. */
+static void in_broker_start(struct in_source *s, struct it_broker *b, bool wait_source)
+{
+    struct buf yaml = {0};
+    in_write_yaml(s, &yaml);
+    struct it_broker_opts o = {.instance_yaml = IN_INSTANCE,
+                               .limits_yaml = IN_LIMITS,
+                               .max_queued = 10000,
+                               .extra_yaml = (const char *)yaml.data};
+    it_broker_start(b, &o);
+    buf_free(&yaml);
+    if (wait_source)
+        in_wait_reading(b, 0);
+}
+
+static void in_broker_restart(struct it_broker *b)
+{
+    long from = ex_log_size(b);
+    it_broker_restart(b);
+    in_wait_reading(b, from);
+}
+
+/* The counters of the rule's "stats: inbound rule" line. */
+struct in_stats {
+    uint64_t received, published, skipped, bad_qos, too_large, bad_topic, bad_client_id;
+    char line[1024];
+};
+
+/* The counter "name=N" (after a space or a parenthesis) of a stats line. */
+static bool in_stats_value(const char *line, const char *name, uint64_t *out)
+{
+    size_t n = strlen(name);
+    for (const char *p = strstr(line, name); p; p = strstr(p + 1, name)) {
+        if ((p[-1] == ' ' || p[-1] == '(') && p[n] == '=' && strchr("0123456789", p[n + 1])) {
+            *out = strtoull(p + n + 1, NULL, 10);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* SIGUSR1 and the rule's stats line it produced. */
+static void in_stats_read(const struct it_broker *b, struct in_stats *st)
+{
+    long from = ex_log_size(b);
+    ck_assert_msg(b->pid > 0 && kill(b->pid, SIGUSR1) == 0, "SIGUSR1 to the broker failed");
+    ck_assert_msg(ex_log_wait(b, from, "stats: inbound rule " IN_RULE " ", NULL, st->line,
+                              sizeof st->line, IT_WAIT_MS),
+                  "no 'stats: inbound rule " IN_RULE "' line in the broker log after SIGUSR1");
+    const char *names[] = {"received", "published", "skipped", "bad_qos", "too_large",
+                           "bad_topic", "bad_client_id"};
+    uint64_t *vals[] = {&st->received, &st->published, &st->skipped,      &st->bad_qos,
+                        &st->too_large, &st->bad_topic, &st->bad_client_id};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        ck_assert_msg(in_stats_value(st->line, names[i], vals[i]), "stats line without %s=: %s",
+                      names[i], st->line);
+}
+
+/* ---- subscribers ---- */
+
+/* Connect client GID_dev@@@<dev>, require the session-present flag (for a
+ * cleanSession=0 reconnect) and, with filter, subscribe at qos. */
+static void in_client_open(struct it_client *c, const struct it_broker *b, const char *dev,
+                           bool clean, bool want_sp, const char *filter, int qos)
+{
+    char id[64];
+    snprintf(id, sizeof id, IN_GROUP "@@@%s", dev);
+    struct it_connect_opts o = {.client_id = id, .clean = clean};
+    ck_assert_msg(it_client_open(c, b->port, &o) == 0, "%s: no CONNACK 0", id);
+    ck_assert_msg(c->session_present == want_sp, "%s: session present %d, want %d", id,
+                  c->session_present, want_sp);
+    if (filter)
+        ck_assert_msg(it_client_subscribe(c, filter, qos) == qos, "%s: %s not granted at QoS %d",
+                      id, filter, qos);
+}
+
+static void in_client_wait(struct it_client *c, size_t n, const char *who)
+{
+    ck_assert_msg(it_client_wait_msgs(c, n, IN_FLOW_MS),
+                  "%s got %zu messages within %d ms, want %zu", who, it_client_count(c), IN_FLOW_MS,
+                  n);
+}
+
+/* Message i of c must be this payload on topic at qos. */
+static void in_expect_msg(struct it_client *c, size_t i, const char *who, const char *topic,
+                          const void *payload, size_t len, int qos)
+{
+    struct it_msg m = it_client_msg(c, i);
+    ck_assert_msg(m.topic != NULL, "%s: no message %zu", who, i);
+    ck_assert_msg(!strcmp(m.topic, topic), "%s: message %zu on '%s', want '%s' (payload '%.24s')",
+                  who, i, m.topic, topic, m.payload);
+    ck_assert_msg((size_t)m.len == len && !memcmp(m.payload, payload, len),
+                  "%s: message %zu on %s: payload of %d bytes '%.24s' differs from the %zu bytes "
+                  "'%.24s' added to the source",
+                  who, i, topic, m.len, m.payload, len, (const char *)payload);
+    ck_assert_msg(m.qos == qos, "%s: message %zu on %s ('%.24s'): QoS %d, want %d", who, i, topic,
+                  m.payload, m.qos, qos);
+}
+
+/* "Commands" or "Commands/<sub>". */
+static void in_topic(const char *sub, char *out, size_t len)
+{
+    if (sub)
+        snprintf(out, len, IN_PARENT "/%s", sub);
+    else
+        snprintf(out, len, IN_PARENT);
+}
+
+/* ---- the scenarios ---- */
+
+/* Bring the source's server back if an earlier failed test left it
+ * stopped (a start of a running server does nothing). */
+static void in_source_prepare(struct in_source *s, bool ordered)
+{
+    if (getenv("MQB_SERVICES_DIR") && *getenv("MQB_SERVICES_DIR"))
+        ex_services_ctl("start", s->service);
+    s->prepare(s, ordered);
+}
+
+/* Subtopics and qoslevels the offline records cycle through: absent ones
+ * included (the parent topic itself, the default QoS 1). */
+static const char *const in_offline_subs[] = {NULL, "o1", "o1/x_y", "o-2", "o1"};
+static const char *const in_offline_qos[] = {NULL, "1", NULL, "1", "1"};
+#define IN_OFFLINE_N 300
+
+void in_scenario_offline(struct in_source *s)
+{
+    struct it_broker b;
+    struct it_client c;
+    struct in_batch bt;
+    char topic[128];
+    in_source_prepare(s, true);
+    in_broker_start(s, &b, true);
+    in_client_open(&c, &b, "sub", false, false, IN_PARENT "/#", 1);
+    it_client_close(&c);
+    ck_assert_int_eq(it_broker_stop(&b), 0);
+    /* both are away while the records are added */
+    in_batch_make(&bt, "off", 0, IN_OFFLINE_N);
+    for (size_t i = 0; i < bt.n; i++) {
+        bt.rec[i].sub_topic = in_offline_subs[i % 5];
+        bt.rec[i].qos = in_offline_qos[i % 5];
+    }
+    s->produce(s, bt.rec, bt.n);
+    in_broker_restart(&b);
+    in_client_open(&c, &b, "sub", false, true, NULL, 0);
+    in_client_wait(&c, bt.n, "the persistent subscriber");
+    for (size_t i = 0; i < bt.n; i++) {
+        in_topic(bt.rec[i].sub_topic, topic, sizeof topic);
+        in_expect_msg(&c, i, "the persistent subscriber", topic, bt.rec[i].payload, bt.rec[i].len,
+                      1);
+    }
+    ck_assert_msg(it_client_quiet(&c, bt.n, IT_QUIET_MS),
+                  "the persistent subscriber got %zu messages, %d records were added",
+                  it_client_count(&c), IN_OFFLINE_N);
+    it_client_close(&c);
+    in_batch_free(&bt);
+    it_broker_cleanup(&b);
+}
+
+/* What the online scenario adds: subtopic, qoslevel, clientId. */
+static const struct {
+    const char *sub, *qos, *client;
+} in_online_recs[] = {
+    {"alpha", "0", NULL},          {"alpha/beta", "1", NULL}, {NULL, "2", NULL},
+    {"alpha", NULL, NULL},         {"beta", "2", NULL},       {NULL, "1", IN_GROUP "@@@d1"},
+    {NULL, NULL, IN_GROUP "@@@d1"}, {"alpha", "1", NULL},
+};
+#define IN_ONLINE_N (sizeof in_online_recs / sizeof in_online_recs[0])
+
+/* Records of the online scenario that client `who` must get: the
+ * subscriber of Commands/# at QoS 2 (all), of Commands/alpha at QoS 2, or
+ * the P2P target d1 (no subscription). */
+enum in_who { IN_ALL, IN_ALPHA, IN_D1 };
+
+static bool in_online_mine(size_t i, enum in_who who)
+{
+    const char *client = in_online_recs[i].client, *sub = in_online_recs[i].sub;
+    if (who == IN_D1)
+        return client != NULL;
+    return !client && (who == IN_ALL || (sub && !strcmp(sub, "alpha")));
+}
+
+/* The index of the message of c with exactly this payload, -1 when none;
+ * *count gets how many there are. */
+static ssize_t in_client_find(struct it_client *c, const void *payload, size_t len, size_t *count)
+{
+    ssize_t at = -1;
+    *count = 0;
+    for (size_t j = 0, n = it_client_count(c); j < n; j++) {
+        struct it_msg m = it_client_msg(c, j);
+        if ((size_t)m.len == len && !memcmp(m.payload, payload, len)) {
+            at = (ssize_t)j;
+            (*count)++;
+        }
+    }
+    return at;
+}
+
+struct in_online_wait {
+    struct it_client *c;
+    enum in_who who;
+    const struct in_batch *bt;
+};
+
+static bool in_online_all_there(void *ctx)
+{
+    struct in_online_wait *w = ctx;
+    size_t count;
+    for (size_t i = 0; i < w->bt->n; i++)
+        if (in_online_mine(i, w->who) &&
+            in_client_find(w->c, w->bt->rec[i].payload, w->bt->rec[i].len, &count) < 0)
+            return false;
+    return true;
+}
+
+/* Each record for `who` arrives once, on its topic at its QoS, records of
+ * one QoS in the order added (MQTT orders messages per QoS only: a client
+ * hands a QoS 2 message over at PUBREL, after later QoS 1 ones), and
+ * nothing else arrives. */
+static void in_online_expect(struct it_client *c, enum in_who who, const struct in_batch *bt)
+{
+    static const char *const names[] = {"subscriber of Commands/#",
+                                        "subscriber of Commands/alpha", "P2P target d1"};
+    struct in_online_wait w = {c, who, bt};
+    char topic[128];
+    ssize_t last[3] = {-1, -1, -1};
+    size_t k = 0, count;
+    ck_assert_msg(it_wait_until(in_online_all_there, &w, IN_FLOW_MS),
+                  "%s: not every record arrived within %d ms (%zu messages)", names[who],
+                  IN_FLOW_MS, it_client_count(c));
+    for (size_t i = 0; i < bt->n; i++) {
+        if (!in_online_mine(i, who))
+            continue;
+        const char *client = in_online_recs[i].client;
+        int qos = in_online_recs[i].qos ? in_online_recs[i].qos[0] - '0' : 1;
+        if (client)
+            snprintf(topic, sizeof topic, IN_PARENT "/p2p/%s", client);
+        else
+            in_topic(in_online_recs[i].sub, topic, sizeof topic);
+        ssize_t j = in_client_find(c, bt->rec[i].payload, bt->rec[i].len, &count);
+        ck_assert_msg(count == 1, "%s: record %zu arrived %zu times", names[who], i, count);
+        in_expect_msg(c, (size_t)j, names[who], topic, bt->rec[i].payload, bt->rec[i].len, qos);
+        ck_assert_msg(j > last[qos], "%s: record %zu (QoS %d) came before an earlier one",
+                      names[who], i, qos);
+        last[qos] = j;
+        k++;
+    }
+    ck_assert_msg(it_client_quiet(c, k, IT_QUIET_MS), "%s got %zu messages, want %zu", names[who],
+                  it_client_count(c), k);
+}
+
+void in_scenario_online(struct in_source *s)
+{
+    struct it_broker b;
+    struct it_client all, alpha, d1;
+    struct in_batch bt;
+    in_source_prepare(s, true);
+    in_broker_start(s, &b, true);
+    in_client_open(&all, &b, "all", true, false, IN_PARENT "/#", 2);
+    in_client_open(&alpha, &b, "alpha", true, false, IN_PARENT "/alpha", 2);
+    in_client_open(&d1, &b, "d1", true, false, NULL, 0);
+    in_batch_make(&bt, "on", 0, IN_ONLINE_N);
+    for (size_t i = 0; i < bt.n; i++) {
+        bt.rec[i].sub_topic = in_online_recs[i].sub;
+        bt.rec[i].qos = in_online_recs[i].qos;
+        bt.rec[i].client_id = in_online_recs[i].client;
+    }
+    s->produce(s, bt.rec, bt.n);
+    in_online_expect(&all, IN_ALL, &bt);
+    in_online_expect(&alpha, IN_ALPHA, &bt);
+    in_online_expect(&d1, IN_D1, &bt);
+    it_client_close(&all);
+    it_client_close(&alpha);
+    it_client_close(&d1);
+    in_batch_free(&bt);
+    it_broker_cleanup(&b);
+}
+
+/* ---- kill -9 ---- */
+
+struct in_kill {
+    struct in_source *s;
+    uint32_t produced; /* records added so far: seq 0 .. produced-1 */
+};
+
+/* Add n records more ("kill <seq>", subtopic k, qoslevel 1). */
+static void in_kill_produce(struct in_kill *k, size_t n)
+{
+    struct in_batch bt;
+    in_batch_make(&bt, "kill", k->produced, n);
+    for (size_t i = 0; i < n; i++) {
+        bt.rec[i].sub_topic = "k";
+        bt.rec[i].qos = "1";
+    }
+    k->s->produce(k->s, bt.rec, n);
+    k->produced += (uint32_t)n;
+    in_batch_free(&bt);
+}
+
+/* Count what the clients got in seen[]; fails on a message that is not one
+ * of the records. Returns the number of records still missing. */
+static size_t in_kill_tally(struct it_client *const *cs, size_t ncs, uint32_t produced,
+                            uint16_t *seen, size_t *dups)
+{
+    memset(seen, 0, produced * sizeof *seen);
+    *dups = 0;
+    for (size_t j = 0; j < ncs; j++) {
+        size_t n = it_client_count(cs[j]);
+        for (size_t i = 0; i < n; i++) {
+            struct it_msg m = it_client_msg(cs[j], i);
+            int64_t seq = in_payload_seq("kill", m.payload, (size_t)m.len);
+            ck_assert_msg(seq >= 0 && seq < produced && !strcmp(m.topic, IN_PARENT "/k") &&
+                              m.qos == 1,
+                          "message %zu of subscriber %zu ('%.24s' on %s, QoS %d) is no record "
+                          "added",
+                          i, j, m.payload, m.topic, m.qos);
+            if (seen[seq]++)
+                (*dups)++;
+        }
+    }
+    size_t missing = 0;
+    for (uint32_t q = 0; q < produced; q++)
+        missing += seen[q] == 0;
+    return missing;
+}
+
+/* Records flow to the subscriber while more are added, 100 at a time;
+ * SIGKILL right after a chunk was added, once the subscriber got at least
+ * IN_KILL_AFTER of them and not all. */
+static void in_kill_mid_stream(struct in_kill *k, struct it_broker *b, struct it_client *c)
+{
+    while (k->produced < IN_KILL_CAP) {
+        in_kill_produce(k, 100);
+        size_t got = it_client_count(c);
+        if (got >= IN_KILL_AFTER && got < k->produced) {
+            it_broker_kill9(b);
+            fprintf(stderr, "NOTE: %s: kill -9 with %u records added, %zu delivered\n",
+                    k->s->type, (unsigned)k->produced, got);
+            return;
+        }
+    }
+    ck_abort_msg("no moment to kill mid-stream: %u records added, the subscriber got %zu",
+                 (unsigned)k->produced, it_client_count(c));
+}
+
+void in_scenario_kill9(struct in_source *s)
+{
+    struct it_broker b;
+    struct it_client c1, c2;
+    struct in_kill k = {.s = s};
+    in_source_prepare(s, false);
+    in_broker_start(s, &b, true);
+    in_client_open(&c1, &b, "sub", false, false, IN_PARENT "/#", 1);
+    in_kill_mid_stream(&k, &b, &c1);
+    in_kill_produce(&k, 300); /* while mqbridge is down */
+    in_broker_restart(&b);
+    in_client_open(&c2, &b, "sub", false, true, NULL, 0);
+    in_kill_produce(&k, 200); /* after the restart */
+    struct it_client *cs[] = {&c1, &c2};
+    uint16_t *seen = calloc(k.produced, sizeof *seen);
+    ck_assert(seen != NULL);
+    size_t dups = 0, missing;
+    int64_t deadline = it_now_ms() + IN_FLOW_MS;
+    while ((missing = in_kill_tally(cs, 2, k.produced, seen, &dups)) > 0) {
+        ck_assert_msg(it_now_ms() < deadline,
+                      "after kill -9 and restart, %zu of %u records never arrived within %d ms",
+                      missing, (unsigned)k.produced, IN_FLOW_MS);
+        poll(NULL, 0, IN_POLL_MS);
+    }
+    fprintf(stderr, "NOTE: %s: kill -9: all %u records arrived, %zu repeated (at least once)\n",
+            s->type, (unsigned)k.produced, dups);
+    free(seen);
+    it_client_close(&c1);
+    it_client_close(&c2);
+    it_broker_cleanup(&b);
+}
+
+/* ---- malformed records ---- */
+
+enum in_bad { IN_GOOD, IN_BAD_QOS, IN_BAD_LEVELS, IN_BAD_CHARS, IN_BAD_SIZE, IN_BAD_CLIENT };
+
+/* Good records between bad ones; one good record has the largest payload
+ * allowed. The keyword is what the reason must mention. */
+static const struct {
+    enum in_bad bad;
+    const char *sub, *qos, *client, *keyword;
+} in_mal_recs[] = {
+    {IN_GOOD, "ok", "1", NULL, NULL},
+    {IN_BAD_QOS, "ok", "7", NULL, "qoslevel"},
+    {IN_GOOD, "ok", NULL, NULL, NULL},
+    {IN_BAD_LEVELS, "a/b/c", "1", NULL, "levels"},
+    {IN_GOOD, "a/b", "1", NULL, NULL},
+    {IN_BAD_CHARS, "x y", "1", NULL, "not allowed"},
+    {IN_GOOD, NULL, "1", NULL, NULL},
+    {IN_BAD_SIZE, "ok", "1", NULL, "max_message_size"},
+    {IN_GOOD, "ok", "1", NULL, NULL}, /* IN_BIG bytes */
+    {IN_BAD_CLIENT, NULL, "1", "GID_nope@@@d1", "GID_nope"},
+    {IN_GOOD, "ok", "1", NULL, NULL},
+};
+#define IN_MAL_N (sizeof in_mal_recs / sizeof in_mal_recs[0])
+#define IN_MAL_BIG 8 /* the good record with IN_BIG bytes */
+
+/* The records, the two large payloads in big[0] (IN_BIG + 1) and big[1]. */
+static void in_mal_make(struct in_batch *bt, uint8_t *big[2])
+{
+    in_batch_make(bt, "mal", 0, IN_MAL_N);
+    for (size_t i = 0; i < IN_MAL_N; i++) {
+        bt->rec[i].sub_topic = in_mal_recs[i].sub;
+        bt->rec[i].qos = in_mal_recs[i].qos;
+        bt->rec[i].client_id = in_mal_recs[i].client;
+        if (in_mal_recs[i].bad != IN_BAD_SIZE && i != IN_MAL_BIG)
+            continue;
+        size_t len = i == IN_MAL_BIG ? IN_BIG : IN_BIG + 1;
+        uint8_t *p = malloc(len);
+        ck_assert(p != NULL);
+        memset(p, 'z', len);
+        memcpy(p, bt->rec[i].payload, bt->rec[i].len); /* names the record */
+        big[i == IN_MAL_BIG] = p;
+        bt->rec[i].payload = p;
+        bt->rec[i].len = len;
+    }
+}
+
+/* Poll the counters until every record was handled, then require each
+ * reason's count. */
+static void in_mal_expect_stats(const struct it_broker *b)
+{
+    struct in_stats st;
+    int64_t deadline = it_now_ms() + IN_FLOW_MS;
+    for (;;) {
+        in_stats_read(b, &st);
+        if (st.received >= IN_MAL_N && st.published + st.skipped >= IN_MAL_N)
+            break;
+        ck_assert_msg(it_now_ms() < deadline, "the %zu records were not all handled: %s",
+                      (size_t)IN_MAL_N, st.line);
+        poll(NULL, 0, 100); /* the polling period */
+    }
+    ck_assert_msg(st.received == IN_MAL_N && st.published == 6 && st.skipped == 5 &&
+                      st.bad_qos == 1 && st.too_large == 1 && st.bad_topic == 2 &&
+                      st.bad_client_id == 1,
+                  "want received=11 published=6 skipped=5 (bad_qos=1 too_large=1 bad_topic=2 "
+                  "bad_client_id=1): %s",
+                  st.line);
+}
+
+/* Poll the dead letters until the 5 skipped records are there, each once
+ * with a reason naming why; no good record may be there. */
+static void in_mal_expect_dead(struct in_source *s, const struct in_batch *bt)
+{
+    struct in_deads dead = {0};
+    int64_t deadline = it_now_ms() + IN_FLOW_MS;
+    for (;;) {
+        s->read_dead(s, &dead);
+        if (dead.n >= 5)
+            break;
+        ck_assert_msg(it_now_ms() < deadline,
+                      "%zu dead letters within %d ms, want the 5 skipped records", dead.n,
+                      IN_FLOW_MS);
+        poll(NULL, 0, 100); /* the polling period */
+    }
+    ck_assert_msg(dead.n == 5, "%zu dead letters, want the 5 skipped records", dead.n);
+    for (size_t i = 0; i < IN_MAL_N; i++) {
+        size_t found = 0;
+        const struct in_dead *d = NULL;
+        for (size_t j = 0; j < dead.n; j++)
+            if (dead.v[j].len == bt->rec[i].len &&
+                !memcmp(dead.v[j].payload, bt->rec[i].payload, bt->rec[i].len)) {
+                found++;
+                d = &dead.v[j];
+            }
+        const char *kw = in_mal_recs[i].keyword;
+        ck_assert_msg(found == (kw ? 1u : 0u), "record %zu ('%.12s', %zu bytes) is %zu times in "
+                      "the dead letters, want %d", i, (const char *)bt->rec[i].payload,
+                      bt->rec[i].len, found, kw ? 1 : 0);
+        if (kw)
+            ck_assert_msg(strstr(d->reason, kw), "record %zu: dead-letter reason '%s' does not "
+                          "mention '%s'", i, d->reason, kw);
+    }
+    in_deads_clear(&dead);
+    free(dead.v);
+}
+
+void in_scenario_malformed(struct in_source *s)
+{
+    struct it_broker b;
+    struct it_client c;
+    struct in_batch bt;
+    uint8_t *big[2] = {NULL, NULL};
+    char topic[128];
+    in_source_prepare(s, true);
+    in_broker_start(s, &b, true);
+    in_client_open(&c, &b, "all", true, false, IN_PARENT "/#", 2);
+    in_mal_make(&bt, big);
+    s->produce(s, bt.rec, bt.n);
+    size_t k = 0;
+    for (size_t i = 0; i < IN_MAL_N; i++) {
+        if (in_mal_recs[i].bad != IN_GOOD)
+            continue;
+        in_topic(in_mal_recs[i].sub, topic, sizeof topic);
+        in_client_wait(&c, k + 1, "the subscriber");
+        in_expect_msg(&c, k++, "the subscriber", topic, bt.rec[i].payload, bt.rec[i].len, 1);
+    }
+    /* all at QoS 1, and the last record is a good one: nothing skipped
+     * came before it */
+    ck_assert_msg(it_client_count(&c) == k, "the subscriber got %zu messages, want the %zu good",
+                  it_client_count(&c), k);
+    if (s->read_dead)
+        in_mal_expect_dead(s, &bt);
+    in_mal_expect_stats(&b);
+    it_client_close(&c);
+    in_batch_free(&bt);
+    free(big[0]);
+    free(big[1]);
+    it_broker_cleanup(&b);
+}
+
+/* ---- the source down at start ---- */
+
+void in_scenario_source_down(struct in_source *s)
+{
+    struct it_broker b;
+    struct it_client pub, sub;
+    struct in_batch bt;
+    char topic[128];
+    ex_env("MQB_SERVICES_DIR");
+    in_source_prepare(s, true);
+    ex_services_ctl("stop", s->service);
+    in_broker_start(s, &b, false);
+    /* MQTT is served while the source is unreachable */
+    in_client_open(&sub, &b, "sub", true, false, IN_PARENT "/#", 1);
+    in_client_open(&pub, &b, "pub", true, false, NULL, 0);
+    ck_assert(it_client_publish(&pub, IN_PARENT "/live", "while the source is down", 1, false) ==
+              0);
+    ck_assert_msg(it_client_wait_published(&pub, 1, IT_WAIT_MS), "no PUBACK while the source is "
+                                                                 "down");
+    in_client_wait(&sub, 1, "the subscriber");
+    in_expect_msg(&sub, 0, "the subscriber", IN_PARENT "/live", "while the source is down",
+                  strlen("while the source is down"), 1);
+    ck_assert_msg(b.pid > 0 && kill(b.pid, 0) == 0, "mqbridge is gone");
+    ex_services_ctl("start", s->service);
+    /* from the start of the log: a source that opens without its server
+     * (a Kafka consumer) said so before */
+    in_wait_reading(&b, 0);
+    in_batch_make(&bt, "down", 0, 50);
+    for (size_t i = 0; i < bt.n; i++)
+        bt.rec[i].sub_topic = "up";
+    s->produce(s, bt.rec, bt.n);
+    in_client_wait(&sub, 1 + bt.n, "the subscriber");
+    for (size_t i = 0; i < bt.n; i++) {
+        in_topic("up", topic, sizeof topic);
+        in_expect_msg(&sub, 1 + i, "the subscriber", topic, bt.rec[i].payload, bt.rec[i].len, 1);
+    }
+    it_client_close(&pub);
+    it_client_close(&sub);
+    in_batch_free(&bt);
+    it_broker_cleanup(&b);
+}
