@@ -158,7 +158,14 @@ void broker_free(struct broker *b);
  * client only, on topic "<parent>/p2p/<client id>" where <parent> is the
  * first level of topic; else to the subscribers of topic. Retain is not
  * set. 0 when accepted (store writes join the current iteration and are
- * committed before on_flush is called); -1 with the reason in why. */
+ * committed before on_flush is called); else a negative enum inject_error
+ * with the reason in why. */
+enum inject_error {
+    INJECT_BAD_TOPIC = -1,  /* not a topic name, or outside the naming rules */
+    INJECT_TOO_LARGE = -2,  /* payload over max_message_size */
+    INJECT_BAD_TARGET = -3, /* P2P target is not a valid (declared) client ID */
+    INJECT_NO_MEMORY = -4,
+};
 int broker_inject(struct broker *b, const char *topic, size_t topic_len, const uint8_t *payload,
                   uint32_t payload_len, uint8_t qos, const char *p2p_client_id, char *why,
                   size_t whylen);

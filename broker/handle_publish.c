@@ -181,24 +181,28 @@ int broker_inject(struct broker *b, const char *topic, size_t topic_len, const u
                   uint32_t payload_len, uint8_t qos, const char *p2p_client_id, char *why,
                   size_t whylen)
 {
+    bool managed = b->cfg.naming_mode == NAMING_MANAGED;
     char p2p_topic[512];
     if (p2p_client_id) {
+        int group;
+        if (managed && naming_check_client_id(&b->cfg.naming, p2p_client_id, strlen(p2p_client_id),
+                                              &group, why, whylen) < 0)
+            return INJECT_BAD_TARGET;
         int n = inject_p2p_topic(topic, topic_len, p2p_client_id, p2p_topic, sizeof p2p_topic, why,
                                  whylen);
         if (n < 0)
-            return -1;
+            return INJECT_BAD_TARGET;
         topic = p2p_topic;
         topic_len = (size_t)n;
     }
     if (topic_len == 0 || topic_len > 65535 || !topic_name_valid(topic, topic_len)) {
         snprintf(why, whylen, "'%.*s' is not a valid MQTT topic name", (int)(topic_len & 0xff),
                  topic);
-        return -1;
+        return INJECT_BAD_TOPIC;
     }
     struct naming_topic nt = {.p2p_target = NULL};
-    if (b->cfg.naming_mode == NAMING_MANAGED &&
-        naming_check_topic(&b->cfg.naming, topic, topic_len, &nt, why, whylen) < 0)
-        return -1;
+    if (managed && naming_check_topic(&b->cfg.naming, topic, topic_len, &nt, why, whylen) < 0)
+        return INJECT_BAD_TOPIC;
     if (p2p_client_id && !nt.p2p_target) {
         /* naming: mqtt has no P2P topics; deliver to the client all the same */
         nt.p2p_target = p2p_client_id;
@@ -207,12 +211,12 @@ int broker_inject(struct broker *b, const char *topic, size_t topic_len, const u
     if (b->cfg.limits.max_message_size && payload_len > b->cfg.limits.max_message_size) {
         snprintf(why, whylen, "payload of %" PRIu32 " bytes is over max_message_size %" PRIu32,
                  payload_len, b->cfg.limits.max_message_size);
-        return -1;
+        return INJECT_TOO_LARGE;
     }
     struct message *m = message_new(topic, (uint16_t)topic_len, payload, payload_len, qos, false);
     if (!m) {
         snprintf(why, whylen, "out of memory");
-        return -1;
+        return INJECT_NO_MEMORY;
     }
     m->id = broker_next_message_id(b);
     m->time_ms = broker_message_id_time(m->id);

@@ -38,6 +38,7 @@ struct feeder {
     bool handed;    /* batch waits for the loop */
     bool published; /* the loop published it; waits for the commit */
     bool committed; /* the store committed: acknowledge */
+    bool failed;    /* the loop could not take the batch: do not acknowledge */
     bool stop;
     struct import_stats st;
 };
@@ -80,12 +81,20 @@ static void import_one(struct feeder *f, struct import_record *rec)
         reason = SKIP_TOPIC;
         goto skip;
     }
-    if (broker_inject(f->im->broker, topic, (size_t)n, rec->payload, rec->payload_len, qos,
-                      rec->client_id && rec->client_id[0] ? rec->client_id : NULL, why,
-                      sizeof why) < 0) {
-        reason = strstr(why, "max_message_size")           ? SKIP_SIZE
-                 : rec->client_id && strstr(why, "client") ? SKIP_CLIENT
-                                                           : SKIP_TOPIC;
+    int rc =
+        broker_inject(f->im->broker, topic, (size_t)n, rec->payload, rec->payload_len, qos,
+                      rec->client_id && rec->client_id[0] ? rec->client_id : NULL, why, sizeof why);
+    if (rc == INJECT_NO_MEMORY) {
+        /* Not the record's fault: do not acknowledge the batch, the source
+         * delivers it again. */
+        f->failed = true;
+        log_error("inbound rule %s: out of memory, batch will be read again", r->name);
+        return;
+    }
+    if (rc < 0) {
+        reason = rc == INJECT_TOO_LARGE    ? SKIP_SIZE
+                 : rc == INJECT_BAD_TARGET ? SKIP_CLIENT
+                                           : SKIP_TOPIC;
         goto skip;
     }
     rec->outcome = IMPORT_PUBLISHED;
@@ -170,13 +179,13 @@ static bool feeder_hand_over(struct feeder *f, struct import_record **recs, size
     f->batch = recs;
     f->batch_n = n;
     f->handed = true;
-    f->published = f->committed = false;
+    f->published = f->committed = f->failed = false;
     uv_mutex_unlock(&f->lock);
     uv_async_send(&f->im->async);
     uv_mutex_lock(&f->lock);
     while (!f->stop && !f->committed)
         uv_cond_wait(&f->cond, &f->lock);
-    bool ok = f->committed;
+    bool ok = f->committed && !f->failed;
     f->handed = f->published = f->committed = false;
     f->batch = NULL;
     f->batch_n = 0;
