@@ -1,8 +1,9 @@
-/* PostgreSQL sink (libpq). Each export() call is one transaction sent in
- * pipeline mode: BEGIN, one prepared INSERT per row (two for a status event
- * with an events table), COMMIT, one sync. All or nothing: *acked is n after
- * the COMMIT, 0 otherwise; when the server refuses one row for good the
- * transaction is re-run without it and its index reported.
+/* PostgreSQL sink and outbox source (libpq). Each export() call is one
+ * transaction sent in pipeline mode: BEGIN, one prepared INSERT per row (two
+ * for a status event with an events table), COMMIT, one sync. All or
+ * nothing: *acked is n after the COMMIT, 0 otherwise; when the server refuses
+ * one row for good the transaction is re-run without it and its index
+ * reported.
  *
  * Outbound rule: default schema (create_table: true, or made by the owner)
  *   msg_id TEXT PRIMARY KEY, topic TEXT NOT NULL, client_id TEXT NOT NULL,
@@ -21,18 +22,29 @@
  *   seq 15 disconnect channel B -> ignored (older than 20).
  * events_table gets one row per event: ON CONFLICT (seq) DO NOTHING.
  *
+ * Inbound rule: an outbox table read in id order, rows locked while the
+ * engine publishes them and deleted when it acknowledges them (see "Inbound:
+ * the outbox source" below):
+ *   id BIGSERIAL PRIMARY KEY, topic TEXT (subtopic), qos SMALLINT (NULL: 1),
+ *   client_id TEXT (P2P target), payload BYTEA NOT NULL, created_at TIMESTAMPTZ
+ *
  * Error classes: SQLSTATE classes 22 (data exception), 23 (integrity
  * constraint) and 54 (program limit) refuse a row -> CONNECTOR_REJECT;
  * everything else (connection lost, shutdown, timeout, missing table,
- * permissions) -> CONNECTOR_RETRY, the records wait. Table and column names
- * reach SQL only after the identifier check at compile time and
- * PQescapeIdentifier on the connection; data only as $n parameters. */
+ * permissions) -> CONNECTOR_RETRY, the records wait (a source knows only
+ * RETRY: rows not acknowledged come again). Table and column names reach SQL
+ * only after the identifier check at compile time and PQescapeIdentifier on
+ * the connection; data only as $n parameters. */
+#include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../common/buf.h"
 #include "../common/log.h"
@@ -66,6 +78,23 @@ static const struct kv_key pg_status_keys[] = {
     {"table", KV_SCALAR, KV_REQUIRED, "[schema.]table of the client states"},
     {"events_table", KV_SCALAR, 0, "optional [schema.]table: one row per event"},
     {"create_table", KV_SCALAR, 0, "create the tables if missing (default false)"},
+    {NULL, KV_SCALAR, 0, NULL},
+};
+
+/* Inbound rule: `source` without `connector`. */
+static const struct kv_key pg_inbound_keys[] = {
+    {"table", KV_SCALAR, KV_REQUIRED, "[schema.]table: the outbox"},
+    {"create_table", KV_SCALAR, 0,
+     "create the outbox, the dead-letter table and the NOTIFY trigger if missing (default "
+     "false)"},
+    {"dead_letter_table", KV_SCALAR, 0, "optional [schema.]table for skipped rows"},
+    {"channel", KV_SCALAR, 0, "the channel to LISTEN on (default: the outbox's table name)"},
+    {"poll_ms", KV_SCALAR, 0, "look for rows at least this often, 1..60000 (default 1000)"},
+    {NULL, KV_SCALAR, 0, NULL},
+};
+
+/* Inbound rule: `target` without `topic` takes nothing else. */
+static const struct kv_key pg_no_keys[] = {
     {NULL, KV_SCALAR, 0, NULL},
 };
 
@@ -103,7 +132,8 @@ struct pg_name {
     char *text; /* as configured, for messages */
 };
 
-/* A compiled rule target. Read-only after compile. */
+/* A compiled rule: an outbound or status target, or an inbound rule's
+ * outbox. Read-only after compile. */
 struct pg_target {
     uint64_t id; /* unique per connector: key of the statement cache */
     enum rule_type type;
@@ -112,6 +142,10 @@ struct pg_target {
     struct pg_name table, events; /* events.table NULL: no events table */
     struct pg_column *cols;       /* outbound */
     unsigned ncols;
+    /* inbound */
+    struct pg_name dead; /* dead.table NULL: skipped rows are only deleted */
+    char *channel;
+    unsigned poll_ms;
 };
 
 /* A target's prepared statements on the open connection. */
@@ -312,6 +346,8 @@ static void pg_target_free(struct pg_target *t)
     free(t->cols);
     pg_name_free(&t->table);
     pg_name_free(&t->events);
+    pg_name_free(&t->dead);
+    free(t->channel);
     free(t);
 }
 
@@ -394,17 +430,56 @@ static int pg_default_columns_add(struct pg_target *t)
     return 0;
 }
 
+/* Inbound: dead_letter_table, channel (default: the table's name, which
+ * fits a channel: at most 63 bytes) and poll_ms. */
+static int pg_inbound_compile(struct pg_target *t, const struct kvmap *opts, const char *where,
+                              char *err, size_t errlen)
+{
+    const struct kv *item = kv_find(opts, "dead_letter_table");
+    if (pg_option_name(opts, "dead_letter_table", where, &t->dead, err, errlen) < 0)
+        return -1;
+    if (item && !strcmp(t->dead.text, t->table.text))
+        return kv_error(err, errlen, opts, item,
+                        "%s: dead_letter_table: must be another table than the outbox '%s'", where,
+                        t->table.text);
+    item = kv_find(opts, "channel");
+    if (item && !pg_identifier_ok(item->value, strlen(item->value)))
+        return kv_error(err, errlen, opts, item,
+                        "%s: channel: '%s' is not an identifier ([A-Za-z_][A-Za-z0-9_]{0,62})",
+                        where, item->value);
+    if (!(t->channel = strdup(item ? item->value : t->table.table)))
+        return pg_fail(err, errlen, "%s: out of memory", where);
+    t->poll_ms = 1000;
+    return pg_setting_uint(opts, "poll_ms", where, 1, 60000, &t->poll_ms, err, errlen);
+}
+
+static const struct kv_key *pg_rule_keys(enum rule_type type)
+{
+    switch (type) {
+    case RULE_OUTBOUND:
+        return pg_outbound_keys;
+    case RULE_STATUS:
+        return pg_status_keys;
+    case RULE_INBOUND:
+        return pg_inbound_keys;
+    }
+    return NULL;
+}
+
 static int pg_compile(struct connector *c, const struct rule *r, void **compiled, char *err,
                       size_t errlen)
 {
-    char where[96];
+    char where[96], twhere[112];
     const struct kvmap *opts = r->options;
+    const struct kv_key *keys = pg_rule_keys(r->type);
     snprintf(where, sizeof where, "rule '%s'", r->name);
-    if (r->type != RULE_OUTBOUND && r->type != RULE_STATUS)
-        return kv_error(err, errlen, opts, NULL,
-                        "%s: the postgres connector takes outbound and status rules only", where);
-    if (kv_check(opts, r->type == RULE_OUTBOUND ? pg_outbound_keys : pg_status_keys, where, err,
-                 errlen) < 0)
+    snprintf(twhere, sizeof twhere, "%s: target", where);
+    if (!keys)
+        return kv_error(err, errlen, opts, NULL, "%s: not a rule type of the postgres connector",
+                        where);
+    if (kv_check(opts, keys, where, err, errlen) < 0 ||
+        (r->type == RULE_INBOUND &&
+         kv_check(r->target_options, pg_no_keys, twhere, err, errlen) < 0))
         return -1;
     struct pg_target *t = calloc(1, sizeof *t);
     if (!t)
@@ -418,6 +493,8 @@ static int pg_compile(struct connector *c, const struct rule *r, void **compiled
     }
     if (pg_option_name(opts, "table", where, &t->table, err, errlen) < 0 ||
         pg_option_name(opts, "events_table", where, &t->events, err, errlen) < 0)
+        goto fail;
+    if (r->type == RULE_INBOUND && pg_inbound_compile(t, opts, where, err, errlen) < 0)
         goto fail;
     if (r->type == RULE_OUTBOUND) {
         const struct kv *columns = kv_find(opts, "columns");
@@ -570,10 +647,11 @@ static void pg_close(struct connector *c)
     c->ncache = 0;
 }
 
-/* Connect with the timeouts; keep-alives so a dead peer is noticed. The
- * conninfo comes after the defaults (it may override them) and before
- * connect_timeout (the setting wins). */
-static int pg_open(struct connector *c, char *err, size_t errlen)
+/* A new session with the connector's settings (the sink's and each
+ * source's own): the timeouts, keep-alives so a dead peer is noticed, and
+ * statement_timeout. The conninfo comes after the defaults (it may override
+ * them) and before connect_timeout (the setting wins). NULL with err. */
+static PGconn *pg_connect(struct connector *c, char *err, size_t errlen)
 {
     char timeout[16], stmt_timeout[16], line[256];
     snprintf(timeout, sizeof timeout, "%u", c->connect_timeout_s);
@@ -582,31 +660,37 @@ static int pg_open(struct connector *c, char *err, size_t errlen)
         "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
         "keepalives_count",          "dbname",     "connect_timeout", NULL};
     const char *const vals[] = {"mqbridge", "1", "30", "10", "3", c->conninfo, timeout, NULL};
-    pg_close(c);
-    c->pg = PQconnectdbParams(keys, vals, 1);
-    if (!c->pg || PQstatus(c->pg) != CONNECTION_OK) {
+    PGconn *pg = PQconnectdbParams(keys, vals, 1);
+    if (!pg || PQstatus(pg) != CONNECTION_OK) {
         pg_fail(err, errlen, "cannot connect to %s: %s", c->display,
-                c->pg ? pg_first_line(PQerrorMessage(c->pg), line, sizeof line) : "out of memory");
+                pg ? pg_first_line(PQerrorMessage(pg), line, sizeof line) : "out of memory");
         goto fail;
     }
-    PQsetNoticeProcessor(c->pg, pg_notice, c);
+    PQsetNoticeProcessor(pg, pg_notice, c);
     const char *params[1] = {stmt_timeout};
-    PGresult *res = PQexecParams(c->pg, "SELECT set_config('statement_timeout', $1, false)", 1,
-                                 NULL, params, NULL, NULL, 0);
+    PGresult *res = PQexecParams(pg, "SELECT set_config('statement_timeout', $1, false)", 1, NULL,
+                                 params, NULL, NULL, 0);
     bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
     if (!ok)
         pg_fail(err, errlen, "%s: setting statement_timeout: %s", c->display,
                 pg_result_text(res, line, sizeof line));
     PQclear(res);
-    if (!ok)
-        goto fail;
+    if (ok)
+        return pg;
+fail:
+    PQfinish(pg);
+    return NULL;
+}
+
+static int pg_open(struct connector *c, char *err, size_t errlen)
+{
+    pg_close(c);
+    if (!(c->pg = pg_connect(c, err, errlen)))
+        return CONNECTOR_RETRY;
     c->next_statement = 0;
     log_info("connector %s: connected to %s (server %d)", c->name, c->display,
              PQserverVersion(c->pg));
     return 0;
-fail:
-    pg_close(c);
-    return CONNECTOR_RETRY;
 }
 
 /* ---- Preparing a target on the connection -------------------------------- */
@@ -634,17 +718,17 @@ static int pg_payload_formats(struct connector *c, const struct pg_target *t, st
 typedef int (*pg_sql_fn)(struct buf *b, PGconn *pg, const struct pg_target *t);
 
 /* Build a statement with fn, then run it (name NULL) or prepare it as name. */
-static int pg_build_run(struct connector *c, const struct pg_target *t, pg_sql_fn fn,
-                        const char *name, char *err, size_t errlen)
+static int pg_build_run(PGconn *pg, const struct pg_target *t, pg_sql_fn fn, const char *name,
+                        char *err, size_t errlen)
 {
     struct buf sql = {0};
     char line[256];
-    if (fn(&sql, c->pg, t) != 0) {
+    if (fn(&sql, pg, t) != 0) {
         buf_free(&sql);
         return pg_fail(err, errlen, "table %s: out of memory", t->table.text);
     }
     const char *text = (const char *)sql.data;
-    PGresult *res = name ? PQprepare(c->pg, name, text, 0, NULL) : PQexec(c->pg, text);
+    PGresult *res = name ? PQprepare(pg, name, text, 0, NULL) : PQexec(pg, text);
     int rc = PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : -1;
     if (rc < 0)
         pg_fail(err, errlen, "table %s: %s", t->table.text, pg_result_text(res, line, sizeof line));
@@ -661,10 +745,11 @@ static int pg_prepare_target(struct connector *c, const struct pg_target *t, str
     uint64_t k = ++c->next_statement;
     memset(p, 0, sizeof *p);
     snprintf(p->write, sizeof p->write, "mqb_w%" PRIu64, k);
-    if (t->create_table && pg_build_run(c, t, status ? pg_state_create_sql : pg_outbound_create_sql,
-                                        NULL, err, errlen) < 0)
+    if (t->create_table &&
+        pg_build_run(c->pg, t, status ? pg_state_create_sql : pg_outbound_create_sql, NULL, err,
+                     errlen) < 0)
         return -1;
-    if (pg_build_run(c, t, status ? pg_state_upsert_sql : pg_outbound_insert_sql, p->write, err,
+    if (pg_build_run(c->pg, t, status ? pg_state_upsert_sql : pg_outbound_insert_sql, p->write, err,
                      errlen) < 0)
         return -1;
     if (!status)
@@ -672,9 +757,9 @@ static int pg_prepare_target(struct connector *c, const struct pg_target *t, str
     if (!t->events.table)
         return 0;
     snprintf(p->events, sizeof p->events, "mqb_e%" PRIu64, k);
-    if (t->create_table && pg_build_run(c, t, pg_events_create_sql, NULL, err, errlen) < 0)
+    if (t->create_table && pg_build_run(c->pg, t, pg_events_create_sql, NULL, err, errlen) < 0)
         return -1;
-    return pg_build_run(c, t, pg_events_insert_sql, p->events, err, errlen);
+    return pg_build_run(c->pg, t, pg_events_insert_sql, p->events, err, errlen);
 }
 
 static struct pg_prepared *pg_prepared_find(struct connector *c, uint64_t target_id)
@@ -915,8 +1000,7 @@ struct pg_failure {
     char text[320];
 };
 
-static void pg_failure_note(struct connector *c, struct pg_failure *f, unsigned q,
-                            const PGresult *res)
+static void pg_failure_note(PGconn *pg, struct pg_failure *f, unsigned q, const PGresult *res)
 {
     char line[256];
     if (f->seen)
@@ -924,7 +1008,7 @@ static void pg_failure_note(struct connector *c, struct pg_failure *f, unsigned 
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     f->seen = true;
     f->query = q;
-    f->reject = PQstatus(c->pg) == CONNECTION_OK && state &&
+    f->reject = PQstatus(pg) == CONNECTION_OK && state &&
                 (!strncmp(state, "22", 2) || !strncmp(state, "23", 2) || !strncmp(state, "54", 2));
     snprintf(f->text, sizeof f->text, "%s (SQLSTATE %s)", pg_result_text(res, line, sizeof line),
              state ? state : "none");
@@ -944,19 +1028,19 @@ static PGresult *pg_result_next(PGconn *pg)
 }
 
 /* Read nq query results and the sync. -1 when the connection broke. */
-static int pg_read_results(struct connector *c, unsigned nq, struct pg_failure *f)
+static int pg_read_results(PGconn *pg, unsigned nq, struct pg_failure *f)
 {
     for (unsigned q = 0; q < nq; q++) {
-        PGresult *res = pg_result_next(c->pg);
+        PGresult *res = pg_result_next(pg);
         if (!res)
             return -1;
         ExecStatusType st = PQresultStatus(res);
         /* After a failure the server skips the rest: PGRES_PIPELINE_ABORTED. */
         if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_PIPELINE_ABORTED)
-            pg_failure_note(c, f, q, res);
+            pg_failure_note(pg, f, q, res);
         PQclear(res);
     }
-    PGresult *sync = PQgetResult(c->pg);
+    PGresult *sync = PQgetResult(pg);
     int rc = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC ? 0 : -1;
     PQclear(sync);
     return rc;
@@ -995,7 +1079,7 @@ static int pg_pipeline(struct connector *c, struct export_record *const *recs, s
     /* A record that cannot be encoded ends the batch: roll back, report it. */
     if (!pg_send_simple(c->pg, enc ? "ROLLBACK" : "COMMIT") || !PQpipelineSync(c->pg))
         goto broken;
-    if (pg_read_results(c, nq + 1, &f) < 0 || !PQexitPipelineMode(c->pg))
+    if (pg_read_results(c->pg, nq + 1, &f) < 0 || !PQexitPipelineMode(c->pg))
         goto broken;
     if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
         PQclear(PQexec(c->pg, "ROLLBACK"));
@@ -1045,7 +1129,8 @@ static int pg_export(struct connector *c, struct export_record *const *recs, siz
     pg_cache_trim(c);
     for (; ready < n; ready++) {
         const struct pg_target *t = recs[ready]->rule ? recs[ready]->rule->compiled : NULL;
-        if (!t || (t->type == RULE_STATUS) != (recs[ready]->kind == RECORD_STATUS)) {
+        if (!t || t->type == RULE_INBOUND ||
+            (t->type == RULE_STATUS) != (recs[ready]->kind == RECORD_STATUS)) {
             snprintf(prep_err, sizeof prep_err, "record kind does not match its rule");
             mismatch = true; /* this record can never be written: refuse it */
             break;
@@ -1074,6 +1159,516 @@ static int pg_export(struct connector *c, struct export_record *const *recs, siz
     return CONNECTOR_OK;
 }
 
+/* ---- Inbound: the outbox source -------------------------------------------
+ * An inbound rule reads an outbox table that applications fill in their own
+ * transactions (the transactional-outbox pattern). One fetch is one
+ * transaction: the oldest rows by id, locked FOR UPDATE SKIP LOCKED (so a
+ * second mqbridge on the same table takes other rows), kept locked while
+ * the engine publishes them; the acknowledgement deletes them (and copies
+ * the skipped ones into the dead-letter table) and commits. A crash or a
+ * lost connection before that COMMIT rolls the transaction back: the rows
+ * are there again and come again (at least once, never skipped). Rows are
+ * deleted, not passed by a cursor, so a producer that commits a smaller id
+ * late is still read, later.
+ *   rows 1 2 3, fetch(max 2)     -> 1 2 (locked);  another source: 3
+ *   ack(1 PUBLISHED, 2 SKIPPED)  -> 1 2 deleted, 2 also in the dead letters
+ *   fetch -> 4 5, crash          -> 4 5 unlocked; the next fetch: 4 5
+ * Waiting: the source LISTENs on the channel a trigger notifies on insert,
+ * and looks at least every poll_ms anyway (a notification is lost while
+ * the connection is down, or when the table has no trigger). */
+
+/* Statement names on the source's own connection. */
+#define PG_SRC_SELECT "mqb_src_select"
+#define PG_SRC_DELETE "mqb_src_delete"
+#define PG_SRC_DEAD "mqb_src_dead"
+#define PG_SRC_COUNT "mqb_src_count"
+/* Serialises table and trigger creation by all mqbridges of a database. */
+#define PG_SRC_CREATE_LOCK "7237104733626905"
+
+struct source {
+    struct connector *c;       /* settings and name; outlives the source */
+    const struct pg_target *t; /* the rule's outbox (type RULE_INBOUND) */
+    PGconn *pg;                /* NULL once the connection broke */
+    bool in_tx;                /* the last fetch's rows are locked until the ack */
+    bool idle;                 /* the last look, at idle_at_ms, found no rows */
+    bool notified;             /* a NOTIFY came since the last look */
+    int64_t idle_at_ms;
+    struct buf ids; /* "{1,2,...}": the ids of one ack */
+};
+
+static int64_t pg_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A statement without results that matter; 0 or -1 with err. */
+static int pg_exec(PGconn *pg, const char *sql, int n, const char *const *params, char *err,
+                   size_t errlen)
+{
+    char line[256];
+    PGresult *res = PQexecParams(pg, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    int rc = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? 0 : -1;
+    if (rc < 0)
+        pg_fail(err, errlen, "%s: %s", sql, pg_result_text(res, line, sizeof line));
+    PQclear(res);
+    return rc;
+}
+
+/* ---- Outbox SQL text ---- */
+
+static int pg_outbox_create_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "CREATE TABLE IF NOT EXISTS ") || pg_sql_table(b, pg, &t->table) ||
+           pg_sql(b, " (id BIGSERIAL PRIMARY KEY, topic TEXT, qos SMALLINT, client_id TEXT, "
+                     "payload BYTEA NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())") ||
+           pg_sql_end(b);
+}
+
+/* The outbox's columns, then why and when. No key: outbox ids start again
+ * when the outbox is made anew, and a dead letter must never be refused. */
+static int pg_dead_create_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "CREATE TABLE IF NOT EXISTS ") || pg_sql_table(b, pg, &t->dead) ||
+           pg_sql(b, " (id BIGINT NOT NULL, topic TEXT, qos SMALLINT, client_id TEXT, "
+                     "payload BYTEA NOT NULL, created_at TIMESTAMPTZ NOT NULL, reason TEXT, "
+                     "failed_at TIMESTAMPTZ NOT NULL DEFAULT now())") ||
+           pg_sql_end(b);
+}
+
+/* "[schema.]mqbridge_outbox_notify": next to the outbox. */
+static int pg_sql_notify_fn(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    if (t->table.schema && (pg_sql_ident(b, pg, t->table.schema) || pg_sql(b, ".")))
+        return -1;
+    return pg_sql(b, "mqbridge_outbox_notify");
+}
+
+/* One function for every outbox: the channel is the trigger's argument. */
+static int pg_notify_fn_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "CREATE OR REPLACE FUNCTION ") || pg_sql_notify_fn(b, pg, t) ||
+           pg_sql(b, "() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$BEGIN PERFORM pg_notify(TG_ARGV[0], ''); RETURN NULL; END$$") ||
+           pg_sql_end(b);
+}
+
+static int pg_notify_drop_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "DROP TRIGGER IF EXISTS mqbridge_notify ON ") ||
+           pg_sql_table(b, pg, &t->table) || pg_sql_end(b);
+}
+
+/* CREATE OR REPLACE TRIGGER needs PostgreSQL 14 (older: drop, create). The
+ * channel is a checked identifier, quoted as a literal. */
+static int pg_notify_trigger_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    char *channel = PQescapeLiteral(pg, t->channel, strlen(t->channel));
+    if (!channel)
+        return -1;
+    int rc =
+        pg_sql(b, PQserverVersion(pg) >= 140000 ? "CREATE OR REPLACE TRIGGER" : "CREATE TRIGGER") ||
+        pg_sql(b, " mqbridge_notify AFTER INSERT ON ") || pg_sql_table(b, pg, &t->table) ||
+        pg_sql(b, " FOR EACH STATEMENT EXECUTE FUNCTION ") || pg_sql_notify_fn(b, pg, t) ||
+        pg_sql(b, "(") || pg_sql(b, channel) || pg_sql(b, ")") || pg_sql_end(b);
+    PQfreemem(channel);
+    return rc;
+}
+
+static int pg_listen_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "LISTEN ") || pg_sql_ident(b, pg, t->channel) || pg_sql_end(b);
+}
+
+/* The casts accept an owner's int/varchar columns; the alias keeps
+ * ORDER BY on the column (and its index), not on the cast. */
+static int pg_outbox_select_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "SELECT o.id::bigint, o.topic::text, o.qos::text, o.client_id::text, "
+                     "o.payload FROM ") ||
+           pg_sql_table(b, pg, &t->table) ||
+           pg_sql(b, " AS o ORDER BY o.id LIMIT $1 FOR UPDATE SKIP LOCKED") || pg_sql_end(b);
+}
+
+static int pg_outbox_delete_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "DELETE FROM ") || pg_sql_table(b, pg, &t->table) ||
+           pg_sql(b, " WHERE id = ANY($1::bigint[])") || pg_sql_end(b);
+}
+
+/* The row as stored (it is locked: nobody changed it), with the reason. */
+static int pg_dead_insert_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "INSERT INTO ") || pg_sql_table(b, pg, &t->dead) ||
+           pg_sql(b, " (id, topic, qos, client_id, payload, created_at, reason, failed_at) "
+                     "SELECT id, topic, qos, client_id, payload, created_at, $2, now() FROM ") ||
+           pg_sql_table(b, pg, &t->table) || pg_sql(b, " WHERE id = $1::bigint") || pg_sql_end(b);
+}
+
+static int pg_outbox_count_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    return pg_sql(b, "SELECT count(*) FROM ") || pg_sql_table(b, pg, &t->table) || pg_sql_end(b);
+}
+
+/* ---- Opening ---- */
+
+/* create_table: the tables, the function and the trigger, in one
+ * transaction under an advisory lock (two mqbridges starting at once would
+ * otherwise collide on CREATE ... IF NOT EXISTS). */
+static int pg_outbox_create(PGconn *pg, const struct pg_target *t, char *err, size_t errlen)
+{
+    const char *lock[1] = {PG_SRC_CREATE_LOCK};
+    bool drop_first = PQserverVersion(pg) < 140000;
+    if (pg_exec(pg, "BEGIN", 0, NULL, err, errlen) < 0)
+        return -1;
+    if (pg_exec(pg, "SELECT pg_advisory_xact_lock($1::bigint)", 1, lock, err, errlen) < 0 ||
+        pg_build_run(pg, t, pg_outbox_create_sql, NULL, err, errlen) < 0 ||
+        (t->dead.table && pg_build_run(pg, t, pg_dead_create_sql, NULL, err, errlen) < 0) ||
+        pg_build_run(pg, t, pg_notify_fn_sql, NULL, err, errlen) < 0 ||
+        (drop_first && pg_build_run(pg, t, pg_notify_drop_sql, NULL, err, errlen) < 0) ||
+        pg_build_run(pg, t, pg_notify_trigger_sql, NULL, err, errlen) < 0 ||
+        pg_exec(pg, "COMMIT", 0, NULL, err, errlen) < 0) {
+        PQclear(PQexec(pg, "ROLLBACK"));
+        return -1;
+    }
+    return 0;
+}
+
+/* The statements of fetch, ack and lag; the payload column must come back
+ * as its bytes (binary bytea or text). */
+static int pg_source_prepare(struct source *s, char *err, size_t errlen)
+{
+    const struct pg_target *t = s->t;
+    if (pg_build_run(s->pg, t, pg_outbox_select_sql, PG_SRC_SELECT, err, errlen) < 0 ||
+        pg_build_run(s->pg, t, pg_outbox_delete_sql, PG_SRC_DELETE, err, errlen) < 0 ||
+        pg_build_run(s->pg, t, pg_outbox_count_sql, PG_SRC_COUNT, err, errlen) < 0 ||
+        (t->dead.table && pg_build_run(s->pg, t, pg_dead_insert_sql, PG_SRC_DEAD, err, errlen) < 0))
+        return -1;
+    PGresult *res = PQdescribePrepared(s->pg, PG_SRC_SELECT);
+    Oid type = PQresultStatus(res) == PGRES_COMMAND_OK && PQnfields(res) == 5 ? PQftype(res, 4) : 0;
+    PQclear(res);
+    if (type == PG_BYTEA || type == PG_TEXT || type == PG_VARCHAR || type == PG_BPCHAR)
+        return 0;
+    return pg_fail(err, errlen, "table %s: column payload must be bytea or text (type oid %u)",
+                   t->table.text, (unsigned)type);
+}
+
+static void pg_source_close(struct source *s)
+{
+    if (!s)
+        return;
+    if (s->pg)
+        PQfinish(s->pg); /* an open batch rolls back: its rows come again */
+    buf_free(&s->ids);
+    free(s);
+}
+
+/* Own connection (the sink's is another thread's), tables if asked,
+ * LISTEN, statements. */
+static int pg_source_open(struct connector *c, const struct rule *r, struct source **out, char *err,
+                          size_t errlen)
+{
+    const struct pg_target *t = r->compiled;
+    if (!t || t->type != RULE_INBOUND) {
+        pg_fail(err, errlen, "rule '%s' is not an inbound rule of connector %s", r->name, c->name);
+        return CONNECTOR_RETRY;
+    }
+    struct source *s = calloc(1, sizeof *s);
+    if (!s) {
+        pg_fail(err, errlen, "out of memory");
+        return CONNECTOR_RETRY;
+    }
+    s->c = c;
+    s->t = t;
+    if (!(s->pg = pg_connect(c, err, errlen)) ||
+        (t->create_table && pg_outbox_create(s->pg, t, err, errlen) < 0) ||
+        pg_build_run(s->pg, t, pg_listen_sql, NULL, err, errlen) < 0 ||
+        pg_source_prepare(s, err, errlen) < 0) {
+        pg_source_close(s);
+        return CONNECTOR_RETRY;
+    }
+    log_info("connector %s: rule %s: reading table %s on %s (LISTEN %s, poll every %u ms)", c->name,
+             r->name, t->table.text, c->display, t->channel, t->poll_ms);
+    *out = s;
+    return 0;
+}
+
+/* ---- Fetching ---- */
+
+/* After a failure: roll back what can be, or drop the connection (the
+ * server rolls back then). Either way the rows are free again. */
+static void pg_source_abort(struct source *s)
+{
+    s->in_tx = false;
+    if (!s->pg)
+        return;
+    PGTransactionStatusType ts = PQtransactionStatus(s->pg);
+    if (PQstatus(s->pg) == CONNECTION_OK && PQpipelineStatus(s->pg) == PQ_PIPELINE_OFF &&
+        ts != PQTRANS_ACTIVE && ts != PQTRANS_UNKNOWN) {
+        if (ts == PQTRANS_IDLE)
+            return;
+        PGresult *res = PQexec(s->pg, "ROLLBACK");
+        bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        PQclear(res);
+        if (ok)
+            return;
+    }
+    PQfinish(s->pg);
+    s->pg = NULL;
+}
+
+/* Read what arrived; note notifications. -1 with err when the connection
+ * broke. */
+static int pg_source_drain(struct source *s, char *err, size_t errlen)
+{
+    char line[256];
+    PGnotify *nf;
+    if (!PQconsumeInput(s->pg) || PQstatus(s->pg) != CONNECTION_OK)
+        return pg_fail(err, errlen, "%s: %s", s->c->display,
+                       pg_first_line(PQerrorMessage(s->pg), line, sizeof line));
+    while ((nf = PQnotifies(s->pg)) != NULL) {
+        s->notified = true;
+        PQfreemem(nf);
+    }
+    return 0;
+}
+
+/* Wait up to ms for a notification on the socket. */
+static int pg_source_wait(struct source *s, int64_t ms, char *err, size_t errlen)
+{
+    int64_t until = pg_now_ms() + ms;
+    while (!s->notified) {
+        int64_t left = until - pg_now_ms();
+        if (left <= 0)
+            return 0;
+        struct pollfd p = {.fd = PQsocket(s->pg), .events = POLLIN};
+        if (p.fd < 0)
+            return pg_fail(err, errlen, "%s: no connection", s->c->display);
+        int rc = poll(&p, 1, (int)left);
+        if (rc < 0 && errno != EINTR)
+            return pg_fail(err, errlen, "%s: poll: %s", s->c->display, strerror(errno));
+        if (rc > 0 && pg_source_drain(s, err, errlen) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static const char *pg_value(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
+}
+
+/* Binary rows (int8, text, text, text, bytes) into records; all or none.
+ * Text values hold no zero byte (PostgreSQL text cannot) and libpq ends
+ * every value with one. */
+static int pg_source_records(struct source *s, const PGresult *res, struct import_record **recs,
+                             size_t *n, char *err, size_t errlen)
+{
+    for (int i = 0; i < PQntuples(res); i++) {
+        const uint8_t *v = (const uint8_t *)PQgetvalue(res, i, 0);
+        uint64_t id = 0;
+        char text[24];
+        if (PQgetisnull(res, i, 0) || PQgetlength(res, i, 0) != 8) {
+            pg_fail(err, errlen, "table %s: a row without an id", s->t->table.text);
+            goto fail;
+        }
+        for (int k = 0; k < 8; k++)
+            id = id << 8 | v[k];
+        snprintf(text, sizeof text, "%" PRId64, (int64_t)id);
+        struct import_record *rec =
+            import_record_new(text, pg_value(res, i, 1), pg_value(res, i, 2), pg_value(res, i, 3),
+                              PQgetvalue(res, i, 4), (uint32_t)PQgetlength(res, i, 4));
+        if (!rec) {
+            pg_fail(err, errlen, "out of memory");
+            goto fail;
+        }
+        rec->offset = (int64_t)id;
+        recs[(*n)++] = rec;
+    }
+    return 0;
+fail:
+    while (*n)
+        import_record_free(recs[--*n]);
+    return -1;
+}
+
+/* One look: BEGIN and the locking SELECT. Rows: records, the transaction
+ * stays open (their locks) until the ack; none: COMMIT, notifications can
+ * come (they are only delivered outside a transaction). */
+static int pg_source_look(struct source *s, struct import_record **recs, size_t max, size_t *n,
+                          char *err, size_t errlen)
+{
+    char limit[24], line[256];
+    snprintf(limit, sizeof limit, "%zu", max < INT_MAX ? max : (size_t)INT_MAX);
+    const char *params[1] = {limit};
+    s->notified = false;
+    if (pg_exec(s->pg, "BEGIN", 0, NULL, err, errlen) < 0)
+        return -1;
+    s->in_tx = true;
+    PGresult *res = PQexecPrepared(s->pg, PG_SRC_SELECT, 1, params, NULL, NULL, 1);
+    int rc = PQresultStatus(res) == PGRES_TUPLES_OK && PQnfields(res) == 5 ? 0 : -1;
+    if (rc < 0)
+        pg_fail(err, errlen, "%s: table %s: %s", s->c->display, s->t->table.text,
+                pg_result_text(res, line, sizeof line));
+    else
+        rc = pg_source_records(s, res, recs, n, err, errlen);
+    PQclear(res);
+    s->idle = rc == 0 && *n == 0;
+    if (!s->idle)
+        return rc;
+    s->idle_at_ms = pg_now_ms();
+    if (pg_exec(s->pg, "COMMIT", 0, NULL, err, errlen) < 0)
+        return -1;
+    s->in_tx = false;
+    return 0;
+}
+
+/* Look now if notified, busy, or poll_ms after the last empty look; else
+ * wait for a notification until then, up to the deadline. */
+static int pg_source_fetch(struct source *s, struct import_record **recs, size_t max, size_t *n,
+                           int timeout_ms, char *err, size_t errlen)
+{
+    *n = 0;
+    if (s->in_tx)
+        pg_source_abort(s); /* never acknowledged: those rows come again */
+    if (!s->pg) {
+        pg_fail(err, errlen, "%s: not connected", s->c->display);
+        return CONNECTOR_RETRY;
+    }
+    int64_t now = pg_now_ms(), deadline = now + (timeout_ms > 0 ? timeout_ms : 0);
+    while (max > 0) {
+        if (pg_source_drain(s, err, errlen) < 0)
+            goto fail;
+        if (s->notified || !s->idle || now - s->idle_at_ms >= s->t->poll_ms) {
+            if (pg_source_look(s, recs, max, n, err, errlen) < 0)
+                goto fail;
+            if (*n)
+                return CONNECTOR_OK;
+            now = pg_now_ms();
+        }
+        if (now >= deadline)
+            break;
+        int64_t next = s->idle_at_ms + s->t->poll_ms;
+        if (pg_source_wait(s, (next < deadline ? next : deadline) - now, err, errlen) < 0)
+            goto fail;
+        now = pg_now_ms();
+    }
+    return CONNECTOR_OK;
+fail:
+    pg_source_abort(s);
+    return CONNECTOR_RETRY;
+}
+
+/* ---- Acknowledging ---- */
+
+/* "{1,2,3}" of recs into s->ids; *skipped: how many were SKIPPED. A
+ * record neither published nor skipped cannot be acknowledged. */
+static int pg_source_ids(struct source *s, struct import_record *const *recs, size_t n,
+                         size_t *skipped, char *err, size_t errlen)
+{
+    char num[24];
+    buf_reset(&s->ids);
+    *skipped = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (recs[i]->outcome != IMPORT_PUBLISHED && recs[i]->outcome != IMPORT_SKIPPED)
+            return pg_fail(err, errlen,
+                           "table %s: row %" PRId64 " was neither published nor "
+                           "skipped",
+                           s->t->table.text, recs[i]->offset);
+        *skipped += recs[i]->outcome == IMPORT_SKIPPED;
+        int len = snprintf(num, sizeof num, "%s%" PRId64, i ? "," : "{", recs[i]->offset);
+        if (buf_append(&s->ids, num, (size_t)len) < 0)
+            return pg_fail(err, errlen, "out of memory");
+    }
+    if (pg_sql(&s->ids, "}") || pg_sql_end(&s->ids))
+        return pg_fail(err, errlen, "out of memory");
+    return 0;
+}
+
+/* The reason as printable ASCII: the engine's text may quote row data cut
+ * inside a character, and a value the server refuses would hold the batch
+ * back for ever. */
+static void pg_reason_text(const struct import_record *rec, char *out, size_t len)
+{
+    size_t k = 0;
+    for (; k + 1 < len && k < sizeof rec->reason && rec->reason[k]; k++)
+        out[k] = rec->reason[k] >= 0x20 && rec->reason[k] < 0x7f ? rec->reason[k] : '?';
+    out[k] = '\0';
+}
+
+/* One skipped row into the dead letters (pipeline mode). */
+static bool pg_source_send_dead(struct source *s, const struct import_record *rec)
+{
+    char id[24], reason[sizeof rec->reason + 1];
+    snprintf(id, sizeof id, "%" PRId64, rec->offset);
+    pg_reason_text(rec, reason, sizeof reason);
+    const char *params[2] = {id, reason[0] ? reason : NULL};
+    return PQsendQueryPrepared(s->pg, PG_SRC_DEAD, 2, params, NULL, NULL, 0) == 1;
+}
+
+/* In the fetch's transaction, one round trip: dead letters, DELETE,
+ * COMMIT. Acknowledged only once the COMMIT succeeded. */
+static int pg_source_ack(struct source *s, struct import_record *const *recs, size_t n, char *err,
+                         size_t errlen)
+{
+    struct pg_failure f = {0};
+    size_t skipped = 0;
+    unsigned nq = 2;
+    if (n == 0)
+        return CONNECTOR_OK;
+    if (!s->pg || !s->in_tx) {
+        pg_fail(err, errlen, "%s: table %s: no fetched batch is open (its rows come again)",
+                s->c->display, s->t->table.text);
+        goto fail;
+    }
+    if (pg_source_ids(s, recs, n, &skipped, err, errlen) < 0)
+        goto fail;
+    const char *params[1] = {(const char *)s->ids.data};
+    if (!PQenterPipelineMode(s->pg))
+        goto broken;
+    for (size_t i = 0; s->t->dead.table && skipped && i < n; i++) {
+        if (recs[i]->outcome != IMPORT_SKIPPED)
+            continue;
+        if (!pg_source_send_dead(s, recs[i]))
+            goto broken;
+        nq++;
+    }
+    if (!PQsendQueryPrepared(s->pg, PG_SRC_DELETE, 1, params, NULL, NULL, 0) ||
+        !pg_send_simple(s->pg, "COMMIT") || !PQpipelineSync(s->pg) ||
+        pg_read_results(s->pg, nq, &f) < 0 || !PQexitPipelineMode(s->pg))
+        goto broken;
+    if (f.seen || PQtransactionStatus(s->pg) != PQTRANS_IDLE) {
+        pg_fail(err, errlen, "%s: table %s: %s", s->c->display, s->t->table.text,
+                f.seen ? f.text : "the transaction did not commit");
+        goto fail;
+    }
+    s->in_tx = false;
+    s->idle = false;
+    return CONNECTOR_OK;
+broken:
+    pg_fail(err, errlen, "%s: %s", s->c->display,
+            f.seen ? f.text : pg_first_line(PQerrorMessage(s->pg), f.text, sizeof f.text));
+fail:
+    pg_source_abort(s);
+    return CONNECTOR_RETRY;
+}
+
+/* Rows waiting, locked ones included: one count(*) (an index-only or
+ * sequential scan; the engine asks every 5 s). -1 when unknown. */
+static int64_t pg_source_lag(struct source *s)
+{
+    if (!s->pg || s->in_tx)
+        return -1;
+    PGresult *res = PQexecPrepared(s->pg, PG_SRC_COUNT, 0, NULL, NULL, NULL, 0);
+    int64_t lag = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+                      ? strtoll(PQgetvalue(res, 0, 0), NULL, 10)
+                      : -1;
+    PQclear(res);
+    return lag;
+}
+
 const struct connector_ops postgres_connector = {
     .type = "postgres",
     .settings = pg_settings,
@@ -1084,4 +1679,9 @@ const struct connector_ops postgres_connector = {
     .open = pg_open,
     .close = pg_close,
     .export = pg_export,
+    .source_open = pg_source_open,
+    .source_close = pg_source_close,
+    .source_fetch = pg_source_fetch,
+    .source_ack = pg_source_ack,
+    .source_lag = pg_source_lag,
 };

@@ -15,6 +15,7 @@
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -431,11 +432,67 @@ static const struct {
      {{"table", "t"}},
      {{"a", "${qos}"}},
      "t.yaml:3:3: rule 'r': unknown key 'columns'"},
-    {"inbound",
+    {"inbound: missing table",
      RULE_INBOUND,
-     {{"table", "t"}},
+     {{"channel", "c"}},
      {{NULL, NULL}},
-     "t.yaml:1:1: rule 'r': the postgres connector takes outbound and status rules only"},
+     "t.yaml:1:1: rule 'r': missing required key 'table'"},
+    {"inbound: unknown key",
+     RULE_INBOUND,
+     {{"table", "t"}, {"poll_m", "5"}},
+     {{NULL, NULL}},
+     "t.yaml:3:3: rule 'r': unknown key 'poll_m' (did you mean 'poll_ms'?)"},
+    {"inbound: an outbound key",
+     RULE_INBOUND,
+     {{"table", "t"}, {"events_table", "e"}},
+     {{NULL, NULL}},
+     "t.yaml:3:3: rule 'r': unknown key 'events_table'"},
+    {"inbound: bad table",
+     RULE_INBOUND,
+     {{"table", "out box"}},
+     {{NULL, NULL}},
+     "t.yaml:2:3: rule 'r': table: 'out box' is not a table name ([schema.]table, each "
+     "[A-Za-z_][A-Za-z0-9_]{0,62})"},
+    {"inbound: create_table",
+     RULE_INBOUND,
+     {{"table", "t"}, {"create_table", "maybe"}},
+     {{NULL, NULL}},
+     "t.yaml:3:3: rule 'r': create_table: expected true or false, got 'maybe'"},
+    {"inbound: bad dead-letter table",
+     RULE_INBOUND,
+     {{"table", "t"}, {"dead_letter_table", "dead;--"}},
+     {{NULL, NULL}},
+     "t.yaml:3:3: rule 'r': dead_letter_table: 'dead;--' is not a table name"},
+    {"inbound: dead letters into the outbox",
+     RULE_INBOUND,
+     {{"table", "s.t"}, {"dead_letter_table", "s.t"}},
+     {{NULL, NULL}},
+     "t.yaml:3:3: rule 'r': dead_letter_table: must be another table than the outbox 's.t'"},
+    {"inbound: channel with a dot",
+     RULE_INBOUND,
+     {{"table", "t"}, {"channel", "a.b"}},
+     {{NULL, NULL}},
+     "t.yaml:3:3: rule 'r': channel: 'a.b' is not an identifier ([A-Za-z_][A-Za-z0-9_]{0,62})"},
+    {"inbound: channel quoted",
+     RULE_INBOUND,
+     {{"table", "t"}, {"channel", "x\"; NOTIFY y; --"}},
+     {{NULL, NULL}},
+     "t.yaml:3:3: rule 'r': channel: 'x\"; NOTIFY y; --' is not an identifier"},
+    {"inbound: poll_ms 0",
+     RULE_INBOUND,
+     {{"table", "t"}, {"poll_ms", "0"}},
+     {{NULL, NULL}},
+     "t.yaml:3:3: rule 'r': poll_ms: expected an integer 1..60000, got '0'"},
+    {"inbound: poll_ms too large",
+     RULE_INBOUND,
+     {{"table", "t"}, {"poll_ms", "60001"}},
+     {{NULL, NULL}},
+     "t.yaml:3:3: rule 'r': poll_ms: expected an integer 1..60000, got '60001'"},
+    {"inbound: poll_ms not a number",
+     RULE_INBOUND,
+     {{"table", "t"}, {"poll_ms", "1s"}},
+     {{NULL, NULL}},
+     "t.yaml:3:3: rule 'r': poll_ms: expected an integer 1..60000, got '1s'"},
 };
 
 START_TEST(test_rule_errors)
@@ -1126,6 +1183,719 @@ START_TEST(test_throughput)
 }
 END_TEST
 
+/* ---- Inbound: the outbox source --------------------------------------------------------------
+ * Sources open their own connections: the connector is created, never
+ * opened as a sink. */
+
+static const struct {
+    const char *name;
+    struct item items[6];
+} inbound_ok_cases[] = {
+    {"table only", {{"table", "mqtt_outbox"}}},
+    {"everything",
+     {{"table", "iot.mqtt_outbox"},
+      {"create_table", "true"},
+      {"dead_letter_table", "iot.mqtt_outbox_dead"},
+      {"channel", "Outbox_1"},
+      {"poll_ms", "1"}}},
+    {"longest poll", {{"table", "t"}, {"poll_ms", "60000"}, {"create_table", "no"}}},
+};
+
+/* An inbound rule's target takes nothing but `topic` (which the rules
+ * module keeps for itself). */
+START_TEST(test_inbound_target_options)
+{
+    struct connector *c = sink_new("host=127.0.0.1", NULL);
+    struct item items[] = {{"table", "t"}, {NULL, NULL}};
+    struct item target[] = {{"qos", "1"}, {NULL, NULL}};
+    struct rule *r = rule_new(c, RULE_INBOUND, items, NULL);
+    kvmap_free(r->target_options);
+    r->target_options = map_build(target, NULL);
+    char err[512] = "";
+    ck_assert_int_eq(ops->compile(c, r, &r->compiled, err, sizeof err), -1);
+    ck_assert_ptr_null(r->compiled);
+    ck_assert_str_eq(err, "t.yaml:2:3: rule 'r': target: unknown key 'qos'");
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+START_TEST(test_inbound_compile_ok)
+{
+    struct connector *c = sink_new("host=127.0.0.1", NULL);
+    struct rule *r = rule_new(c, RULE_INBOUND, inbound_ok_cases[_i].items, NULL);
+    char err[512] = "";
+    ck_assert_msg(ops->compile(c, r, &r->compiled, err, sizeof err) == 0, "%s: %s",
+                  inbound_ok_cases[_i].name, err);
+    ck_assert_ptr_nonnull(r->compiled);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* A row of the outbox as the test writes it; NULL fields are SQL NULLs. */
+struct row {
+    const char *topic, *qos, *client_id;
+    const char *payload;
+    int len;
+};
+
+/* Insert rows (each its own statement and transaction); their ids into
+ * ids[] when given. */
+static void outbox_insert(PGconn *db, const char *table, const struct row *rows, size_t n,
+                          long long *ids)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO %s (topic, qos, client_id, payload) VALUES ($1, $2::smallint, $3, $4) "
+             "RETURNING id",
+             table);
+    for (size_t i = 0; i < n; i++) {
+        const char *values[4] = {rows[i].topic, rows[i].qos, rows[i].client_id, rows[i].payload};
+        int lengths[4] = {0, 0, 0, rows[i].len}, formats[4] = {0, 0, 0, 1};
+        PGresult *res = PQexecParams(db, sql, 4, NULL, values, lengths, formats, 0);
+        ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "%s: %s", sql,
+                      PQresultErrorMessage(res));
+        if (ids)
+            ids[i] = atoll(PQgetvalue(res, 0, 0));
+        PQclear(res);
+    }
+}
+
+static struct connector *source_connector(const char *application_name)
+{
+    char ci[600];
+    snprintf(ci, sizeof ci, "%s application_name=%s", conninfo(), application_name);
+    return sink_new(ci, NULL);
+}
+
+static struct source *source_open(struct connector *c, const struct rule *r)
+{
+    struct source *s = NULL;
+    char err[512] = "";
+    ck_assert_msg(ops->source_open(c, r, &s, err, sizeof err) == 0, "source_open: %s", err);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
+/* Fetch, expecting rc; returns n. */
+static size_t source_fetch(struct source *s, struct import_record **recs, size_t max,
+                           int timeout_ms, int want_rc)
+{
+    char err[512] = "";
+    size_t n = 99999;
+    int rc = ops->source_fetch(s, recs, max, &n, timeout_ms, err, sizeof err);
+    ck_assert_msg(rc == want_rc, "source_fetch: rc %d, want %d (%s)", rc, want_rc, err);
+    ck_assert_uint_le(n, max);
+    return n;
+}
+
+/* Mark every record published, acknowledge, expect rc. */
+static const char *source_ack(struct source *s, struct import_record **recs, size_t n, int want_rc)
+{
+    static char err[512];
+    err[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        if (recs[i]->outcome == IMPORT_PENDING)
+            recs[i]->outcome = IMPORT_PUBLISHED;
+    int rc = ops->source_ack(s, recs, n, err, sizeof err);
+    ck_assert_msg(rc == want_rc, "source_ack: rc %d, want %d (%s)", rc, want_rc, err);
+    return err;
+}
+
+static void records_free(struct import_record **recs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        import_record_free(recs[i]);
+}
+
+/* The records carry the ids given, in that order. */
+static void check_ids(struct import_record *const *recs, size_t n, const long long *ids)
+{
+    for (size_t i = 0; i < n; i++) {
+        char text[24];
+        snprintf(text, sizeof text, "%lld", ids[i]);
+        ck_assert_int_eq(recs[i]->offset, ids[i]);
+        ck_assert_str_eq(recs[i]->id, text);
+    }
+}
+
+static void check_optional(const char *got, const char *want, const char *what, size_t i)
+{
+    if (!want)
+        ck_assert_msg(!got, "row %zu: %s: got '%s', want NULL", i, what, got);
+    else
+        ck_assert_msg(got && !strcmp(got, want), "row %zu: %s: got '%s', want '%s'", i, what,
+                      got ? got : "(null)", want);
+}
+
+/* create_table makes the outbox, the dead-letter table and the trigger, in
+ * a schema; a second open (or a second source) finds them and changes
+ * nothing. */
+START_TEST(test_source_create_table)
+{
+    char schema[64], table[160], dead[160], sql[256];
+    unique_name(schema, sizeof schema, "sch");
+    snprintf(table, sizeof table, "%s.outbox", schema);
+    snprintf(dead, sizeof dead, "%s.dead", schema);
+    PGconn *db = db_connect();
+    snprintf(sql, sizeof sql, "CREATE SCHEMA %s", schema);
+    db_exec(db, sql);
+    struct connector *c = sink_new(conninfo(), NULL);
+    struct item items[] = {
+        {"table", table}, {"create_table", "true"}, {"dead_letter_table", dead}, {NULL, NULL}};
+    struct rule *r = rule_ok(c, RULE_INBOUND, items, NULL);
+    struct source *s1 = source_open(c, r), *s2 = source_open(c, r);
+
+    static const char *const want_outbox[] = {
+        "id bigint NO",       "topic text YES",   "qos smallint YES",
+        "client_id text YES", "payload bytea NO", "created_at timestamp with time zone NO",
+    };
+    static const char *const want_dead[] = {
+        "id bigint NO",     "topic text YES",
+        "qos smallint YES", "client_id text YES",
+        "payload bytea NO", "created_at timestamp with time zone NO",
+        "reason text YES",  "failed_at timestamp with time zone NO",
+    };
+    const struct {
+        const char *name;
+        const char *const *want;
+        int n;
+    } tables[] = {{"outbox", want_outbox, (int)ARRAY_LEN(want_outbox)},
+                  {"dead", want_dead, (int)ARRAY_LEN(want_dead)}};
+    for (unsigned k = 0; k < ARRAY_LEN(tables); k++) {
+        const char *params[2] = {schema, tables[k].name};
+        PGresult *res = db_query(db,
+                                 "SELECT column_name || ' ' || data_type || ' ' || is_nullable "
+                                 "FROM information_schema.columns WHERE table_schema = $1 AND "
+                                 "table_name = $2 ORDER BY ordinal_position",
+                                 2, params);
+        ck_assert_int_eq(PQntuples(res), tables[k].n);
+        for (int i = 0; i < tables[k].n; i++)
+            ck_assert_str_eq(PQgetvalue(res, i, 0), tables[k].want[i]);
+        PQclear(res);
+    }
+    /* One statement-level trigger, notifying the default channel (the
+     * table's name without the schema). */
+    const char *params[1] = {table};
+    PGresult *res = db_query(db,
+                             "SELECT tgname, encode(tgargs, 'escape'), tgtype FROM pg_trigger "
+                             "WHERE tgrelid = $1::regclass AND NOT tgisinternal",
+                             1, params);
+    ck_assert_int_eq(PQntuples(res), 1);
+    ck_assert_str_eq(PQgetvalue(res, 0, 0), "mqbridge_notify");
+    ck_assert_str_eq(PQgetvalue(res, 0, 1), "outbox\\000");
+    ck_assert_str_eq(PQgetvalue(res, 0, 2), "4"); /* TRIGGER_TYPE_INSERT, statement, after */
+    PQclear(res);
+
+    ops->source_close(s1);
+    ops->source_close(s2);
+    PQfinish(db);
+    rule_free(c, r);
+    ops->destroy(c);
+    drop_all();
+}
+END_TEST
+
+/* Rows come in id order with every field exact (NULLs as NULL, zero bytes
+ * in payloads); the ack deletes them and moves the skipped one, with its
+ * reason, into the dead letters. */
+START_TEST(test_source_fetch_exact)
+{
+    char table[64], dead[64], sql[256];
+    unique_name(table, sizeof table, "exact");
+    unique_name(dead, sizeof dead, "dead");
+    struct connector *c = sink_new(conninfo(), NULL);
+    struct item items[] = {
+        {"table", table}, {"create_table", "true"}, {"dead_letter_table", dead}, {NULL, NULL}};
+    struct rule *r = rule_ok(c, RULE_INBOUND, items, NULL);
+    struct source *s = source_open(c, r);
+    static const struct row rows[] = {
+        {"dev1/cmd", "0", NULL, "\0\1\2", 3},
+        {NULL, NULL, NULL, "", 0},
+        {"a/b", "2", "GID_x@@@d1", "hello\0world", 11},
+        {"", "1", "", "\xff\xfe\x80", 3},
+        {"sub", "7", NULL, "x", 1}, /* the engine's to refuse, not the source's */
+        {"\xc3\xa9t\xc3\xa9", NULL, "GID_y@@@\xe2\x82\xac", "{\"on\":true}", 11},
+    };
+    enum { N = ARRAY_LEN(rows) };
+    long long ids[N];
+    PGconn *db = db_connect();
+    outbox_insert(db, table, rows, N, ids);
+    ck_assert_int_eq(ops->source_lag(s), N);
+
+    struct import_record *recs[16];
+    size_t n = source_fetch(s, recs, 16, 1000, CONNECTOR_OK);
+    ck_assert_uint_eq(n, N);
+    check_ids(recs, n, ids);
+    for (size_t i = 0; i < n; i++) {
+        check_optional(recs[i]->sub_topic, rows[i].topic, "topic", i);
+        check_optional(recs[i]->qos, rows[i].qos, "qos", i);
+        check_optional(recs[i]->client_id, rows[i].client_id, "client_id", i);
+        ck_assert_uint_eq(recs[i]->payload_len, (unsigned)rows[i].len);
+        ck_assert(!memcmp(recs[i]->payload, rows[i].payload, (size_t)rows[i].len));
+    }
+    recs[4]->outcome = IMPORT_SKIPPED;
+    snprintf(recs[4]->reason, sizeof recs[4]->reason, "qoslevel '7' is not 0, 1 or 2");
+    source_ack(s, recs, n, CONNECTOR_OK);
+    records_free(recs, n);
+
+    ck_assert_int_eq(db_count(db, table), 0);
+    ck_assert_int_eq(ops->source_lag(s), 0);
+    snprintf(sql, sizeof sql,
+             "SELECT id, topic, qos, client_id IS NULL, encode(payload, 'hex'), reason, "
+             "failed_at IS NOT NULL AND created_at <= failed_at FROM %s",
+             dead);
+    PGresult *res = db_query(db, sql, 0, NULL);
+    ck_assert_int_eq(PQntuples(res), 1);
+    ck_assert_int_eq(atoll(PQgetvalue(res, 0, 0)), ids[4]);
+    ck_assert_str_eq(PQgetvalue(res, 0, 1), "sub");
+    ck_assert_str_eq(PQgetvalue(res, 0, 2), "7");
+    ck_assert_str_eq(PQgetvalue(res, 0, 3), "t");
+    ck_assert_str_eq(PQgetvalue(res, 0, 4), "78");
+    ck_assert_str_eq(PQgetvalue(res, 0, 5), "qoslevel '7' is not 0, 1 or 2");
+    ck_assert_str_eq(PQgetvalue(res, 0, 6), "t");
+    PQclear(res);
+    ck_assert_uint_eq(source_fetch(s, recs, 16, 50, CONNECTOR_OK), 0);
+
+    ops->source_close(s);
+    PQfinish(db);
+    rule_free(c, r);
+    ops->destroy(c);
+    drop_all();
+}
+END_TEST
+
+/* Without a dead-letter table a skipped row is just deleted; a reason with
+ * bytes the server might refuse is stored as printable ASCII. */
+START_TEST(test_source_skipped_rows)
+{
+    char table[64], dead[64], sql[256];
+    unique_name(table, sizeof table, "skipped");
+    unique_name(dead, sizeof dead, "dead");
+    struct connector *c = sink_new(conninfo(), NULL);
+    struct item plain[] = {{"table", table}, {"create_table", "true"}, {NULL, NULL}};
+    struct item with_dead[] = {
+        {"table", table}, {"create_table", "true"}, {"dead_letter_table", dead}, {NULL, NULL}};
+    struct rule *r1 = rule_ok(c, RULE_INBOUND, plain, NULL);
+    struct rule *r2 = rule_ok(c, RULE_INBOUND, with_dead, NULL);
+    PGconn *db = db_connect();
+    struct source *s = source_open(c, r1);
+    static const struct row rows[] = {{"a", "9", NULL, "1", 1}, {"b", NULL, NULL, "2", 1}};
+    long long ids[4];
+    outbox_insert(db, table, rows, 2, ids);
+    struct import_record *recs[4];
+    size_t n = source_fetch(s, recs, 4, 1000, CONNECTOR_OK);
+    ck_assert_uint_eq(n, 2);
+    recs[0]->outcome = IMPORT_SKIPPED;
+    source_ack(s, recs, n, CONNECTOR_OK);
+    records_free(recs, n);
+    ck_assert_int_eq(db_count(db, table), 0);
+    ops->source_close(s);
+
+    s = source_open(c, r2);
+    outbox_insert(db, table, rows, 2, ids + 2);
+    n = source_fetch(s, recs, 4, 1000, CONNECTOR_OK);
+    ck_assert_uint_eq(n, 2);
+    check_ids(recs, n, ids + 2);
+    recs[0]->outcome = recs[1]->outcome = IMPORT_SKIPPED;
+    snprintf(recs[0]->reason, sizeof recs[0]->reason, "topic 'caf\xc3");
+    source_ack(s, recs, n, CONNECTOR_OK);
+    records_free(recs, n);
+    ck_assert_int_eq(db_count(db, table), 0);
+    snprintf(sql, sizeof sql, "SELECT id, reason FROM %s ORDER BY id", dead);
+    PGresult *res = db_query(db, sql, 0, NULL);
+    ck_assert_int_eq(PQntuples(res), 2);
+    ck_assert_int_eq(atoll(PQgetvalue(res, 0, 0)), ids[2]);
+    ck_assert_str_eq(PQgetvalue(res, 0, 1), "topic 'caf?");
+    ck_assert(PQgetisnull(res, 1, 1)); /* no reason given */
+    PQclear(res);
+
+    ops->source_close(s);
+    PQfinish(db);
+    rule_free(c, r1);
+    rule_free(c, r2);
+    ops->destroy(c);
+    drop_all();
+}
+END_TEST
+
+/* Fetched but never acknowledged: a second fetch, and a new source after
+ * a close (a crash), get the same rows again in the same order. */
+START_TEST(test_source_redelivery)
+{
+    char table[64];
+    unique_name(table, sizeof table, "redeliver");
+    struct connector *c = sink_new(conninfo(), NULL);
+    struct item items[] = {{"table", table}, {"create_table", "true"}, {NULL, NULL}};
+    struct rule *r = rule_ok(c, RULE_INBOUND, items, NULL);
+    struct source *s = source_open(c, r);
+    static const struct row rows[] = {
+        {"t/1", "1", NULL, "one", 3}, {"t/2", "1", NULL, "two", 3}, {"t/3", "1", NULL, "three", 5}};
+    long long ids[3];
+    PGconn *db = db_connect();
+    outbox_insert(db, table, rows, 3, ids);
+
+    struct import_record *recs[8];
+    size_t n = source_fetch(s, recs, 2, 1000, CONNECTOR_OK);
+    ck_assert_uint_eq(n, 2);
+    check_ids(recs, n, ids);
+    records_free(recs, n);
+    n = source_fetch(s, recs, 8, 1000, CONNECTOR_OK); /* the last batch was not acknowledged */
+    ck_assert_uint_eq(n, 3);
+    check_ids(recs, n, ids);
+    records_free(recs, n);
+    ops->source_close(s); /* the "crash" */
+    ck_assert_int_eq(db_count(db, table), 3);
+
+    s = source_open(c, r);
+    n = source_fetch(s, recs, 8, 1000, CONNECTOR_OK);
+    ck_assert_uint_eq(n, 3);
+    check_ids(recs, n, ids);
+    ck_assert(!memcmp(recs[2]->payload, "three", 5));
+    source_ack(s, recs, n, CONNECTOR_OK);
+    records_free(recs, n);
+    ck_assert_int_eq(db_count(db, table), 0);
+    ck_assert_uint_eq(source_fetch(s, recs, 8, 50, CONNECTOR_OK), 0);
+    /* An ack without a fetched batch cannot be honoured. */
+    struct import_record *stray = import_record_new("1", NULL, NULL, NULL, "", 0);
+    stray->offset = 1;
+    source_ack(s, &stray, 1, CONNECTOR_RETRY);
+    import_record_free(stray);
+
+    ops->source_close(s);
+    PQfinish(db);
+    rule_free(c, r);
+    ops->destroy(c);
+    drop_all();
+}
+END_TEST
+
+/* Two sources on one table: SKIP LOCKED gives each other rows; a row is
+ * delivered once. */
+START_TEST(test_source_skip_locked)
+{
+    enum { N = 10 };
+    char table[64];
+    unique_name(table, sizeof table, "locked");
+    struct connector *c = sink_new(conninfo(), NULL);
+    struct item items[] = {{"table", table}, {"create_table", "true"}, {NULL, NULL}};
+    struct rule *r = rule_ok(c, RULE_INBOUND, items, NULL);
+    struct source *a = source_open(c, r), *b = source_open(c, r);
+    struct row rows[N];
+    long long ids[N];
+    for (int i = 0; i < N; i++)
+        rows[i] = (struct row){"t", "1", NULL, "p", 1};
+    PGconn *db = db_connect();
+    outbox_insert(db, table, rows, N, ids);
+
+    struct import_record *ra[N], *rb[N];
+    size_t na = source_fetch(a, ra, 4, 1000, CONNECTOR_OK);
+    size_t nb = source_fetch(b, rb, N, 1000, CONNECTOR_OK);
+    ck_assert_uint_eq(na, 4);
+    ck_assert_uint_eq(nb, N - 4);
+    check_ids(ra, na, ids);
+    check_ids(rb, nb, ids + 4);
+    source_ack(b, rb, nb, CONNECTOR_OK);
+    records_free(rb, nb);
+    ck_assert_uint_eq(source_fetch(b, rb, N, 50, CONNECTOR_OK), 0); /* a's rows are locked */
+    ck_assert_int_eq(ops->source_lag(b), 4);                        /* and still backlog */
+    ck_assert_int_eq(ops->source_lag(a), -1); /* not while its batch is open */
+    source_ack(a, ra, na, CONNECTOR_OK);
+    records_free(ra, na);
+    ck_assert_int_eq(db_count(db, table), 0);
+
+    ops->source_close(a);
+    ops->source_close(b);
+    PQfinish(db);
+    rule_free(c, r);
+    ops->destroy(c);
+    drop_all();
+}
+END_TEST
+
+/* The other side of the NOTIFY case: waits (polling with a deadline) until
+ * the source's session is idle after the COMMIT of its empty look, i.e.
+ * waiting, then inserts one row. */
+struct notifier {
+    const char *table, *application_name;
+    bool saw_waiting, inserted;
+    double inserted_at; /* when the INSERT was sent */
+    char error[256];
+};
+
+static void *notifier_main(void *arg)
+{
+    struct notifier *nt = arg;
+    PGconn *db = PQconnectdb(conninfo());
+    const char *params[1] = {nt->application_name};
+    double deadline = now_s() + 5;
+    while (PQstatus(db) == CONNECTION_OK && !nt->saw_waiting && now_s() < deadline) {
+        PGresult *res = PQexecParams(db,
+                                     "SELECT 1 FROM pg_stat_activity WHERE application_name = $1 "
+                                     "AND state = 'idle' AND query = 'COMMIT'",
+                                     1, NULL, params, NULL, NULL, 0);
+        nt->saw_waiting = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+        PQclear(res);
+        struct timespec pause = {0, 5 * 1000 * 1000};
+        if (!nt->saw_waiting)
+            nanosleep(&pause, NULL); /* poll interval, bounded by the deadline */
+    }
+    char sql[256];
+    snprintf(sql, sizeof sql, "INSERT INTO %s (topic, payload) VALUES ('woken', '\\x01')",
+             nt->table);
+    nt->inserted_at = now_s();
+    PGresult *res = PQexec(db, sql);
+    nt->inserted = PQresultStatus(res) == PGRES_COMMAND_OK;
+    snprintf(nt->error, sizeof nt->error, "%s", PQresultErrorMessage(res));
+    PQclear(res);
+    PQfinish(db);
+    return NULL;
+}
+
+/* poll_ms is a minute, so only the trigger's NOTIFY can end the wait: a
+ * row inserted while fetch waits (timeout 5 s) comes at once. */
+START_TEST(test_source_notify_wakes)
+{
+    char table[64], app[64];
+    unique_name(table, sizeof table, "notify");
+    unique_name(app, sizeof app, "app");
+    struct connector *c = source_connector(app);
+    struct item items[] = {
+        {"table", table}, {"create_table", "true"}, {"poll_ms", "60000"}, {NULL, NULL}};
+    struct rule *r = rule_ok(c, RULE_INBOUND, items, NULL);
+    struct source *s = source_open(c, r);
+    struct notifier nt = {.table = table, .application_name = app};
+    pthread_t th;
+    double t0 = now_s();
+    ck_assert_int_eq(pthread_create(&th, NULL, notifier_main, &nt), 0);
+    struct import_record *recs[4];
+    size_t n = source_fetch(s, recs, 4, 5000, CONNECTOR_OK);
+    double t1 = now_s(), dt = t1 - t0;
+    pthread_join(th, NULL);
+    ck_assert_msg(nt.saw_waiting, "the source never waited after an empty look");
+    ck_assert_msg(nt.inserted, "insert: %s", nt.error);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_str_eq(recs[0]->sub_topic, "woken");
+    ck_assert_msg(dt < 2.0, "fetch took %.3f s", dt);
+    printf("postgres: source: fetch returned %.1f ms after the INSERT was sent\n",
+           (t1 - nt.inserted_at) * 1e3);
+    source_ack(s, recs, n, CONNECTOR_OK);
+    records_free(recs, n);
+    ops->source_close(s);
+    rule_free(c, r);
+    ops->destroy(c);
+    drop_all();
+}
+END_TEST
+
+/* An owner's table without a trigger, made with the documented columns:
+ * no rows -> n = 0 after the timeout; rows inserted meanwhile are found by
+ * polling (poll_ms 100), with no NOTIFY. */
+START_TEST(test_source_poll_without_trigger)
+{
+    char table[64], sql[512];
+    unique_name(table, sizeof table, "owned");
+    PGconn *db = db_connect();
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE %s (id BIGSERIAL PRIMARY KEY, topic TEXT, qos SMALLINT, client_id "
+             "TEXT, payload BYTEA NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+             table);
+    db_exec(db, sql);
+    struct connector *c = sink_new(conninfo(), NULL);
+    struct item items[] = {{"table", table}, {"poll_ms", "100"}, {NULL, NULL}};
+    struct rule *r = rule_ok(c, RULE_INBOUND, items, NULL);
+    struct source *s = source_open(c, r);
+    struct import_record *recs[4];
+    double t0 = now_s();
+    ck_assert_uint_eq(source_fetch(s, recs, 4, 300, CONNECTOR_OK), 0);
+    double dt = now_s() - t0;
+    ck_assert_msg(dt >= 0.29 && dt < 2.5, "an empty fetch took %.3f s, want 0.3", dt);
+
+    static const struct row row = {"polled", "0", NULL, "z", 1};
+    long long id;
+    outbox_insert(db, table, &row, 1, &id);
+    t0 = now_s();
+    size_t n = source_fetch(s, recs, 4, 3000, CONNECTOR_OK);
+    dt = now_s() - t0;
+    ck_assert_uint_eq(n, 1);
+    check_ids(recs, n, &id);
+    ck_assert_msg(dt < 2.0, "polling took %.3f s (poll_ms 100)", dt);
+    source_ack(s, recs, n, CONNECTOR_OK);
+    records_free(recs, n);
+    ck_assert_int_eq(db_count(db, table), 0);
+    ops->source_close(s);
+    PQfinish(db);
+    rule_free(c, r);
+    ops->destroy(c);
+    drop_all();
+}
+END_TEST
+
+/* create_table false and no table: open says RETRY and names it; once the
+ * owner made it, open succeeds. */
+START_TEST(test_source_missing_table)
+{
+    char table[64], sql[512], err[512] = "";
+    unique_name(table, sizeof table, "later");
+    struct connector *c = sink_new(conninfo(), NULL);
+    struct item items[] = {{"table", table}, {NULL, NULL}};
+    struct rule *r = rule_ok(c, RULE_INBOUND, items, NULL);
+    struct source *s = NULL;
+    ck_assert_int_eq(ops->source_open(c, r, &s, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_ptr_null(s);
+    ck_assert_msg(strstr(err, "does not exist") && strstr(err, table), "err: %s", err);
+    PGconn *db = db_connect();
+    snprintf(sql, sizeof sql, "CREATE TABLE %s (id BIGSERIAL PRIMARY KEY, payload JSONB)", table);
+    db_exec(db, sql);
+    ck_assert_int_eq(ops->source_open(c, r, &s, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_msg(strstr(err, "topic") && strstr(err, "does not exist"), "err: %s", err);
+    snprintf(sql, sizeof sql,
+             "ALTER TABLE %s ADD topic TEXT, ADD qos SMALLINT, ADD client_id TEXT, "
+             "ADD created_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+             table);
+    db_exec(db, sql);
+    ck_assert_int_eq(ops->source_open(c, r, &s, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_msg(strstr(err, "payload must be bytea or text"), "err: %s", err);
+    snprintf(sql, sizeof sql, "ALTER TABLE %s ALTER payload TYPE TEXT", table);
+    db_exec(db, sql);
+    s = source_open(c, r);
+    ops->source_close(s);
+    PQfinish(db);
+    rule_free(c, r);
+    ops->destroy(c);
+    drop_all();
+}
+END_TEST
+
+/* The source's session is killed while it holds a batch: ack and fetch say
+ * RETRY, nothing was deleted, and after a new open the rows come again. */
+START_TEST(test_source_connection_lost)
+{
+    char table[64], app[64];
+    unique_name(table, sizeof table, "lost");
+    unique_name(app, sizeof app, "app");
+    struct connector *c = source_connector(app);
+    struct item items[] = {{"table", table}, {"create_table", "true"}, {NULL, NULL}};
+    struct rule *r = rule_ok(c, RULE_INBOUND, items, NULL);
+    struct source *s = source_open(c, r);
+    static const struct row rows[] = {{"a", NULL, NULL, "1", 1}, {"b", NULL, NULL, "2", 1}};
+    long long ids[2];
+    PGconn *db = db_connect();
+    outbox_insert(db, table, rows, 2, ids);
+    struct import_record *recs[4];
+    size_t n = source_fetch(s, recs, 4, 1000, CONNECTOR_OK);
+    ck_assert_uint_eq(n, 2);
+
+    const char *params[1] = {app};
+    PGresult *res = db_query(db,
+                             "SELECT bool_and(pg_terminate_backend(pid, 5000)) FROM "
+                             "pg_stat_activity WHERE application_name = $1",
+                             1, params);
+    ck_assert_str_eq(PQgetvalue(res, 0, 0), "t");
+    PQclear(res);
+    const char *err = source_ack(s, recs, n, CONNECTOR_RETRY);
+    ck_assert_msg(strstr(err, "host=127.0.0.1"), "err: %s", err);
+    records_free(recs, n);
+    ck_assert_int_eq(db_count(db, table), 2);
+    ck_assert_int_eq(ops->source_lag(s), -1);
+    source_fetch(s, recs, 4, 100, CONNECTOR_RETRY);
+    ops->source_close(s);
+
+    s = source_open(c, r);
+    n = source_fetch(s, recs, 4, 1000, CONNECTOR_OK);
+    ck_assert_uint_eq(n, 2);
+    check_ids(recs, n, ids);
+    source_ack(s, recs, n, CONNECTOR_OK);
+    records_free(recs, n);
+    ck_assert_int_eq(db_count(db, table), 0);
+    ops->source_close(s);
+    PQfinish(db);
+    rule_free(c, r);
+    ops->destroy(c);
+    drop_all();
+}
+END_TEST
+
+/* A port nobody listens on: RETRY, naming the server without the
+ * password. */
+START_TEST(test_source_unreachable)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    char ci[256], want[128], err[512] = "";
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%u dbname=nowhere user=u password=hunter2",
+             ntohs(sa.sin_port));
+    snprintf(want, sizeof want, "cannot connect to host=127.0.0.1 port=%u dbname=nowhere",
+             ntohs(sa.sin_port));
+    struct connector *c = sink_new(ci, "2");
+    struct item items[] = {{"table", "t"}, {"create_table", "true"}, {NULL, NULL}};
+    struct rule *r = rule_ok(c, RULE_INBOUND, items, NULL);
+    struct source *s = NULL;
+    ck_assert_int_eq(ops->source_open(c, r, &s, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_ptr_null(s);
+    ck_assert_msg(strstr(err, want), "err: %s", err);
+    ck_assert_msg(!strstr(err, "hunter2"), "password in: %s", err);
+    ops->source_close(NULL);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* fetch + ack in batches of 1000 rows with 64-byte payloads: every row
+ * once, in id order; the rate is printed. */
+START_TEST(test_source_throughput)
+{
+    enum { N = 20000, BATCH = 1000 };
+    char table[64], sql[512];
+    unique_name(table, sizeof table, "bench");
+    struct connector *c = sink_new(conninfo(), NULL);
+    struct item items[] = {{"table", table}, {"create_table", "true"}, {NULL, NULL}};
+    struct rule *r = rule_ok(c, RULE_INBOUND, items, NULL);
+    struct source *s = source_open(c, r);
+    PGconn *db = db_connect();
+    snprintf(sql, sizeof sql,
+             "INSERT INTO %s (topic, qos, payload) SELECT 'dev' || (g %% 100) || '/cmd', "
+             "(g %% 3)::smallint, decode(repeat(lpad(to_hex(g %% 256), 2, '0'), 64), 'hex') "
+             "FROM generate_series(1, %d) AS g",
+             table, N);
+    db_exec(db, sql);
+    struct import_record **recs = calloc(BATCH, sizeof *recs);
+    ck_assert_ptr_nonnull(recs);
+    size_t total = 0;
+    int64_t last = 0;
+    double t0 = now_s();
+    while (total < N) {
+        size_t n = source_fetch(s, recs, BATCH, 1000, CONNECTOR_OK);
+        ck_assert_uint_gt(n, 0);
+        for (size_t i = 0; i < n; i++) {
+            ck_assert_int_gt(recs[i]->offset, last);
+            ck_assert_uint_eq(recs[i]->payload_len, 64);
+            last = recs[i]->offset;
+        }
+        source_ack(s, recs, n, CONNECTOR_OK);
+        records_free(recs, n);
+        total += n;
+    }
+    double dt = now_s() - t0;
+    printf("postgres: source: %d rows of 64-byte payloads by fetch + ack in batches of %d: "
+           "%.3f s, %.0f records/s\n",
+           N, BATCH, dt, N / dt);
+    ck_assert_uint_eq(total, N);
+    ck_assert_int_eq(db_count(db, table), 0);
+    free(recs);
+    ops->source_close(s);
+    PQfinish(db);
+    rule_free(c, r);
+    ops->destroy(c);
+    drop_all();
+}
+END_TEST
+
 Suite *postgres_suite(void)
 {
     snprintf(prefix, sizeof prefix, "mqbt%ld_%ld", (long)getpid(), (long)time(NULL) % 100000);
@@ -1133,6 +1903,8 @@ Suite *postgres_suite(void)
     TCase *tc = tcase_create("validation");
     tcase_add_loop_test(tc, test_settings_errors, 0, ARRAY_LEN(settings_cases));
     tcase_add_loop_test(tc, test_rule_errors, 0, ARRAY_LEN(rule_cases));
+    tcase_add_test(tc, test_inbound_target_options);
+    tcase_add_loop_test(tc, test_inbound_compile_ok, 0, ARRAY_LEN(inbound_ok_cases));
     suite_add_tcase(s, tc);
 
     tc = tcase_create("server");
@@ -1148,6 +1920,22 @@ Suite *postgres_suite(void)
     tcase_add_test(tc, test_retry_missing_table);
     tcase_add_test(tc, test_retry_unreachable);
     tcase_add_test(tc, test_throughput);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("source");
+    tcase_add_unchecked_fixture(tc, NULL, drop_all);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_source_create_table);
+    tcase_add_test(tc, test_source_fetch_exact);
+    tcase_add_test(tc, test_source_skipped_rows);
+    tcase_add_test(tc, test_source_redelivery);
+    tcase_add_test(tc, test_source_skip_locked);
+    tcase_add_test(tc, test_source_notify_wakes);
+    tcase_add_test(tc, test_source_poll_without_trigger);
+    tcase_add_test(tc, test_source_missing_table);
+    tcase_add_test(tc, test_source_connection_lost);
+    tcase_add_test(tc, test_source_unreachable);
+    tcase_add_test(tc, test_source_throughput);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("restart");
