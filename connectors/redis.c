@@ -21,17 +21,23 @@
  *   state {seq 7, channel B, online 1}, event tcpclean seq 9 channel B -> online 0
  *
  * Commands are always argument vectors (redisAppendCommandArgv): topic,
- * client and payload data never become command text. */
+ * client and payload data never become command text.
+ *
+ * Inbound rules (source_*): a stream read through a consumer group, acked
+ * after the broker committed (at least once), or a Pub/Sub channel (best
+ * effort); each on its own connection. See the source section's comment. */
 #include "connector.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include "../common/buf.h"
 #include "../common/log.h"
@@ -67,6 +73,27 @@ static const struct kv_key redis_status_keys[] = {
     {NULL, KV_SCALAR, 0, NULL},
 };
 
+/* Inbound rules: r->options is the source without `connector`; the target
+ * holds only `topic`, so r->target_options must be empty. */
+static const struct kv_key redis_stream_source_keys[] = {
+    {"mode", KV_SCALAR, 0, "stream (default) | pubsub"},
+    {"stream", KV_SCALAR, KV_REQUIRED, "the stream to read"},
+    {"group", KV_SCALAR, 0, "consumer group (default \"mqbridge\"), created at the start"},
+    {"consumer", KV_SCALAR, 0, "consumer name, one per mqbridge instance (default \"mqbridge\")"},
+    {"dead_letter_stream", KV_SCALAR, 0, "skipped entries are copied here, with `reason`"},
+    {"claim_idle_ms", KV_SCALAR, 0,
+     "claim other consumers' entries pending longer than this (default 30000; 0: never)"},
+    {NULL, KV_SCALAR, 0, NULL},
+};
+
+static const struct kv_key redis_pubsub_source_keys[] = {
+    {"mode", KV_SCALAR, 0, "stream (default) | pubsub"},
+    {"channel", KV_SCALAR, KV_REQUIRED, "the channel to subscribe to"},
+    {NULL, KV_SCALAR, 0, NULL},
+};
+
+static const struct kv_key redis_no_keys[] = {{NULL, KV_SCALAR, 0, NULL}};
+
 /* The status-state rule. seq values are decimal uint64 without leading
  * zeros, compared as strings (Lua numbers are doubles: 2^53 and up would
  * round). KEYS[1] the hash; ARGV: seq, eventType, channelId, clientIp,
@@ -93,12 +120,24 @@ enum redis_outcome {
     OUT_RETRY,  /* not done; worth a retry */
 };
 
+enum redis_source_mode { SOURCE_STREAM, SOURCE_PUBSUB };
+
+/* A compiled inbound rule (see the source section). */
+struct redis_inbound {
+    enum redis_source_mode mode;
+    char *stream, *group, *consumer; /* stream mode */
+    char *dead_letter;               /* stream mode; NULL when not configured */
+    char *channel;                   /* pubsub mode */
+    uint64_t claim_idle_ms;          /* 0: never claim */
+};
+
 struct redis_target {
     enum rule_type type;
     enum redis_mode mode;
-    struct template *key; /* outbound key or status stream */
-    char *hash_prefix;    /* status only */
-    char maxlen[24];      /* "" when unbounded */
+    struct template *key;    /* outbound key or status stream */
+    char *hash_prefix;       /* status only */
+    char maxlen[24];         /* "" when unbounded */
+    struct redis_inbound in; /* inbound only */
 };
 
 struct redis_url {
@@ -411,6 +450,64 @@ static int redis_compile_fields(const struct rule *r, struct redis_target *t, ch
     return 0;
 }
 
+/* A non-empty scalar option, copied; *out stays NULL when absent and def
+ * is NULL. */
+static int redis_option_str(const struct rule *r, const char *key, const char *def, char **out,
+                            char *err, size_t errlen)
+{
+    const struct kv *item = kv_find(r->options, key);
+    if (item != NULL && item->value[0] == '\0')
+        return kv_error(err, errlen, r->options, item, "rule '%s': %s: must not be empty", r->name,
+                        key);
+    const char *v = item != NULL ? item->value : def;
+    if (v != NULL && (*out = strdup(v)) == NULL)
+        return kv_error(err, errlen, r->options, item, "rule '%s': out of memory", r->name);
+    return 0;
+}
+
+static int redis_compile_stream_source(const struct rule *r, struct redis_inbound *in, char *err,
+                                       size_t errlen)
+{
+    const struct kv *item = kv_find(r->options, "claim_idle_ms");
+    if (redis_option_str(r, "stream", NULL, &in->stream, err, errlen) != 0 ||
+        redis_option_str(r, "group", "mqbridge", &in->group, err, errlen) != 0 ||
+        redis_option_str(r, "consumer", "mqbridge", &in->consumer, err, errlen) != 0 ||
+        redis_option_str(r, "dead_letter_stream", NULL, &in->dead_letter, err, errlen) != 0)
+        return -1;
+    if (in->dead_letter != NULL && strcmp(in->dead_letter, in->stream) == 0)
+        return kv_error(err, errlen, r->options, kv_find(r->options, "dead_letter_stream"),
+                        "rule '%s': dead_letter_stream: must be another stream than '%s'", r->name,
+                        in->stream);
+    in->claim_idle_ms = 30000;
+    if (item != NULL && kv_uint(item, 0, INT32_MAX, &in->claim_idle_ms) != 0)
+        return kv_error(err, errlen, r->options, item, "rule '%s': claim_idle_ms: expected 0..%d",
+                        r->name, INT32_MAX);
+    return 0;
+}
+
+/* Inbound: the source's keys by mode; nothing but `topic` in the target. */
+static int redis_compile_inbound(const struct rule *r, struct redis_inbound *in, char *err,
+                                 size_t errlen)
+{
+    char where[128], twhere[140];
+    const struct kv *item = kv_find(r->options, "mode");
+    if (item != NULL && strcmp(item->value, "stream") != 0 && strcmp(item->value, "pubsub") != 0)
+        return kv_error(err, errlen, r->options, item,
+                        "rule '%s': mode '%s': expected stream or pubsub", r->name, item->value);
+    in->mode = item != NULL && strcmp(item->value, "pubsub") == 0 ? SOURCE_PUBSUB : SOURCE_STREAM;
+    snprintf(where, sizeof where, "rule '%s' (mode %s)", r->name,
+             in->mode == SOURCE_PUBSUB ? "pubsub" : "stream");
+    snprintf(twhere, sizeof twhere, "rule '%s': target", r->name);
+    if (kv_check(r->options,
+                 in->mode == SOURCE_PUBSUB ? redis_pubsub_source_keys : redis_stream_source_keys,
+                 where, err, errlen) != 0 ||
+        kv_check(r->target_options, redis_no_keys, twhere, err, errlen) != 0)
+        return -1;
+    if (in->mode == SOURCE_PUBSUB)
+        return redis_option_str(r, "channel", NULL, &in->channel, err, errlen);
+    return redis_compile_stream_source(r, in, err, errlen);
+}
+
 static void redis_release(struct connector *c, void *compiled);
 
 static int redis_compile(struct connector *c, const struct rule *r, void **compiled, char *err,
@@ -419,13 +516,9 @@ static int redis_compile(struct connector *c, const struct rule *r, void **compi
     char where[128];
     struct redis_target *t = NULL;
     *compiled = NULL;
-    if (r->type == RULE_INBOUND) {
-        kv_error(err, errlen, r->options, NULL,
-                 "rule '%s': inbound rules from a redis connector are not supported", r->name);
-        goto fail;
-    }
     snprintf(where, sizeof where, "rule '%s'", r->name);
-    if (kv_check(r->options, r->type == RULE_STATUS ? redis_status_keys : redis_outbound_keys,
+    if (r->type != RULE_INBOUND &&
+        kv_check(r->options, r->type == RULE_STATUS ? redis_status_keys : redis_outbound_keys,
                  where, err, errlen) != 0)
         goto fail;
     if ((t = calloc(1, sizeof *t)) == NULL) {
@@ -433,9 +526,13 @@ static int redis_compile(struct connector *c, const struct rule *r, void **compi
         goto fail;
     }
     t->type = r->type;
-    if ((r->type == RULE_OUTBOUND && redis_compile_mode(r, t, err, errlen) != 0) ||
-        redis_compile_fields(r, t, err, errlen) != 0)
+    if (r->type == RULE_INBOUND) {
+        if (redis_compile_inbound(r, &t->in, err, errlen) != 0)
+            goto fail;
+    } else if ((r->type == RULE_OUTBOUND && redis_compile_mode(r, t, err, errlen) != 0) ||
+               redis_compile_fields(r, t, err, errlen) != 0) {
         goto fail;
+    }
     *compiled = t;
     return 0;
 fail:
@@ -450,6 +547,11 @@ static void redis_release(struct connector *c, void *compiled)
         return;
     template_free(t->key);
     free(t->hash_prefix);
+    free(t->in.stream);
+    free(t->in.group);
+    free(t->in.consumer);
+    free(t->in.dead_letter);
+    free(t->in.channel);
     free(t);
 }
 
@@ -473,18 +575,20 @@ static bool redis_reply_transient(const char *s)
     return false;
 }
 
-/* One command, waiting for its reply (open-time setup only). 0, or -1
- * with err; *reply is the reply (caller frees) on 0. */
-static int redis_call(struct redis_conn *rc, int argc, const char **argv, const size_t *lens,
-                      redisReply **reply, char *err, size_t errlen)
+/* One command on ctx, waiting for its reply (setup calls). 0, or -1 with
+ * err ("redis '<name>': <command>: <why>"); *reply is the reply (caller
+ * frees) on 0. */
+static int redis_call(const char *name, redisContext *ctx, int argc, const char **argv,
+                      const size_t *lens, redisReply **reply, char *err, size_t errlen)
 {
-    *reply = redisCommandArgv(rc->ctx, argc, argv, lens);
+    *reply = redisCommandArgv(ctx, argc, argv, lens);
     if (*reply == NULL) {
-        snprintf(err, errlen, "redis '%s': %s: %s", rc->name, argv[0], rc->ctx->errstr);
+        snprintf(err, errlen, "redis '%s': %s: %s", name, argv[0],
+                 ctx->errstr[0] ? ctx->errstr : "timeout");
         return -1;
     }
     if ((*reply)->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "redis '%s': %s: %s", rc->name, argv[0], (*reply)->str);
+        snprintf(err, errlen, "redis '%s': %s: %s", name, argv[0], (*reply)->str);
         freeReplyObject(*reply);
         *reply = NULL;
         return -1;
@@ -492,7 +596,7 @@ static int redis_call(struct redis_conn *rc, int argc, const char **argv, const 
     return 0;
 }
 
-static int redis_login(struct redis_conn *rc, char *err, size_t errlen)
+static int redis_login(const struct redis_conn *rc, redisContext *ctx, char *err, size_t errlen)
 {
     redisReply *rep = NULL;
     char db[16];
@@ -502,18 +606,52 @@ static int redis_login(struct redis_conn *rc, char *err, size_t errlen)
         if (rc->url.user != NULL)
             argv[argc++] = rc->url.user;
         argv[argc++] = rc->url.password;
-        if (redis_call(rc, argc, argv, NULL, &rep, err, errlen) != 0)
+        if (redis_call(rc->name, ctx, argc, argv, NULL, &rep, err, errlen) != 0)
             return -1; /* the reply names no password */
         freeReplyObject(rep);
     }
     if (rc->url.db != 0) {
         snprintf(db, sizeof db, "%u", rc->url.db);
         const char *argv[2] = {"SELECT", db};
-        if (redis_call(rc, 2, argv, NULL, &rep, err, errlen) != 0)
+        if (redis_call(rc->name, ctx, 2, argv, NULL, &rep, err, errlen) != 0)
             return -1;
         freeReplyObject(rep);
     }
     return 0;
+}
+
+/* A new connection: connect, socket options, AUTH, SELECT. Reads only the
+ * settings, which are immutable after create, so the sink thread and the
+ * import threads may each call it for connections of their own. NULL with
+ * err on failure (naming the host and port, never the URL). */
+static redisContext *redis_connect(const struct redis_conn *rc, char *err, size_t errlen)
+{
+    const struct redis_url *u = &rc->url;
+    struct timeval ctv = redis_tv(rc->connect_timeout_ms);
+    redisContext *ctx = u->path ? redisConnectUnixWithTimeout(u->path, ctv)
+                                : redisConnectWithTimeout(u->host, u->port, ctv);
+    if (ctx == NULL || ctx->err) {
+        char where[300];
+        if (u->path != NULL)
+            snprintf(where, sizeof where, "%s", u->path);
+        else
+            snprintf(where, sizeof where, "%s:%d", u->host, u->port);
+        snprintf(err, errlen, "redis '%s': cannot connect to %s: %s", rc->name, where,
+                 ctx ? ctx->errstr : "out of memory");
+        goto fail;
+    }
+    if (redisSetTimeout(ctx, redis_tv(rc->command_timeout_ms)) != REDIS_OK ||
+        (u->path == NULL && redisEnableKeepAlive(ctx) != REDIS_OK)) {
+        snprintf(err, errlen, "redis '%s': socket options: %s", rc->name, ctx->errstr);
+        goto fail;
+    }
+    if (redis_login(rc, ctx, err, errlen) != 0)
+        goto fail;
+    return ctx;
+fail:
+    if (ctx != NULL)
+        redisFree(ctx);
+    return NULL;
 }
 
 /* SCRIPT LOAD the state script; rc->sha stays "" when refused. */
@@ -539,33 +677,14 @@ static int redis_load_script(struct redis_conn *rc, char *err, size_t errlen)
 static int redis_open(struct connector *c, char *err, size_t errlen)
 {
     struct redis_conn *rc = redis_of(c);
-    const struct redis_url *u = &rc->url;
     if (rc->ctx != NULL)
         return 0;
-    struct timeval ctv = redis_tv(rc->connect_timeout_ms);
-    rc->ctx = u->path ? redisConnectUnixWithTimeout(u->path, ctv)
-                      : redisConnectWithTimeout(u->host, u->port, ctv);
-    if (rc->ctx == NULL || rc->ctx->err) {
-        char where[300];
-        if (u->path != NULL)
-            snprintf(where, sizeof where, "%s", u->path);
-        else
-            snprintf(where, sizeof where, "%s:%d", u->host, u->port);
-        snprintf(err, errlen, "redis '%s': cannot connect to %s: %s", rc->name, where,
-                 rc->ctx ? rc->ctx->errstr : "out of memory");
-        goto fail;
+    if ((rc->ctx = redis_connect(rc, err, errlen)) == NULL ||
+        redis_load_script(rc, err, errlen) != 0) {
+        redis_close(c);
+        return CONNECTOR_RETRY;
     }
-    if (redisSetTimeout(rc->ctx, redis_tv(rc->command_timeout_ms)) != REDIS_OK ||
-        (u->path == NULL && redisEnableKeepAlive(rc->ctx) != REDIS_OK)) {
-        snprintf(err, errlen, "redis '%s': socket options: %s", rc->name, rc->ctx->errstr);
-        goto fail;
-    }
-    if (redis_login(rc, err, errlen) != 0 || redis_load_script(rc, err, errlen) != 0)
-        goto fail;
     return 0;
-fail:
-    redis_close(c);
-    return CONNECTOR_RETRY;
 }
 
 static void redis_close(struct connector *c)
@@ -763,7 +882,8 @@ static size_t redis_chunk_append(struct redis_conn *rc, struct export_record *co
     for (size_t i = a; i < b; i++) {
         const struct export_record *rec = recs[i];
         const struct redis_target *t = rec->rule ? rec->rule->compiled : NULL;
-        if (t == NULL || (rec->kind == RECORD_STATUS) != (t->type == RULE_STATUS)) {
+        if (t == NULL || t->type == RULE_INBOUND ||
+            (rec->kind == RECORD_STATUS) != (t->type == RULE_STATUS)) {
             redis_fail(rc, recs, i, OUT_REJECT, "the record does not match its rule's target",
                        first, err, errlen);
             return i;
@@ -886,6 +1006,747 @@ static int redis_export(struct connector *c, struct export_record *const *recs, 
     return CONNECTOR_REJECT;
 }
 
+/* ---- source (the inbound rule's import thread) ---------------------------
+ *
+ * Rule: stream mode reads through a consumer group and acknowledges (XACK)
+ * an entry only when the engine hands it back to source_ack, i.e. after the
+ * broker committed it. Until then it stays in this consumer's pending list,
+ * and a crash or a lost connection delivers it again. A fetch returns, in
+ * this order of preference:
+ *   1. this consumer's own pending entries, delivered before a crash or a
+ *      reconnect and never acknowledged (XREADGROUP ... STREAMS s 0, paged
+ *      by id), until that list has been read once;
+ *   2. entries another consumer of the group left pending for more than
+ *      claim_idle_ms, e.g. a crashed instance (XAUTOCLAIM, one page per
+ *      fetch; a new scan claim_idle_ms after one ended);
+ *   3. new entries (XREADGROUP ... BLOCK timeout_ms STREAMS s >).
+ * Entry fields (names case-sensitive, the first occurrence counts):
+ *   payload "on", mqttSecondTopic "lamp/1", qoslevel "0" -> <topic>/lamp/1, QoS 0
+ *   payload "on", topic "lamp/2"                         -> <topic>/lamp/2, QoS 1
+ *   payload "on", clientId "GID_x@@@d1"                  -> P2P to GID_x@@@d1
+ *   mqttSecondTopic "lamp/3" (no payload)                -> <topic>/lamp/3, empty
+ * mqttSecondTopic wins over topic; other fields are ignored (and kept in a
+ * dead-letter copy). An entry that cannot become a record (deleted from the
+ * stream while pending, a text field holding a NUL byte) is dead-lettered
+ * and acknowledged at once, like one the engine skipped.
+ *
+ * Pub/Sub mode is best effort: SUBSCRIBE; each message is a record holding
+ * the message as payload and nothing else; there is nothing to acknowledge,
+ * and what is published while mqbridge is not subscribed is lost. */
+
+struct redis_source {
+    const struct redis_conn *rc; /* settings only: shared with the sink thread */
+    const struct rule *rule;
+    const struct redis_inbound *in;
+    redisContext *ctx; /* this source's own connection */
+    bool opened;
+    int timeout_ms;     /* the socket's read timeout now */
+    bool own_done;      /* own pending entries read once (step 1) */
+    char own_after[48]; /* step 1 goes on after this id */
+    bool claim_off;     /* the server has no XAUTOCLAIM (before 6.2) */
+    char claim_cursor[48];
+    uint64_t claim_at_ms; /* monotonic: when the next scan may start */
+    /* The last fetch's reply and its entries: the fields of a dead-letter
+     * copy. rec->offset is the entry's index in it. */
+    redisReply *last;
+    const redisReply *entries;
+    const char **argv; /* command scratch */
+    size_t *argl;
+    size_t args_cap;
+    struct {
+        uint64_t fetched, own, claimed, acked, dead, dead_failed, dropped;
+    } st;
+};
+
+static struct redis_source *redis_source_of(struct source *s)
+{
+    return (struct redis_source *)(void *)s;
+}
+
+static uint64_t redis_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* RETRY with "redis '<name>': rule '<rule>': <what>: <why>"; why is the
+ * error reply, else the connection's error (it is unusable then). */
+static int redis_source_fail(const struct redis_source *s, const char *what, const redisReply *rep,
+                             char *err, size_t errlen)
+{
+    const char *why = rep != NULL && rep->type == REDIS_REPLY_ERROR ? rep->str
+                      : rep != NULL                                 ? "unexpected reply"
+                      : s->ctx->errstr[0]                           ? s->ctx->errstr
+                                                                    : "timeout";
+    snprintf(err, errlen, "redis '%s': rule '%s': %s: %s", s->rc->name, s->rule->name, what, why);
+    return CONNECTOR_RETRY;
+}
+
+/* The socket's read timeout, set only when it changes. 0 or -1. */
+static int redis_source_timeout(struct redis_source *s, int ms)
+{
+    if (ms == s->timeout_ms)
+        return 0;
+    if (redisSetTimeout(s->ctx, redis_tv(ms)) != REDIS_OK)
+        return -1;
+    s->timeout_ms = ms;
+    return 0;
+}
+
+/* Room for n arguments in the scratch vectors. 0 or -1. */
+static int redis_source_args(struct redis_source *s, size_t n)
+{
+    if (n <= s->args_cap)
+        return 0;
+    const char **argv = realloc(s->argv, n * sizeof *argv);
+    if (argv != NULL)
+        s->argv = argv;
+    size_t *argl = argv != NULL ? realloc(s->argl, n * sizeof *argl) : NULL;
+    if (argl == NULL)
+        return -1;
+    s->argl = argl;
+    s->args_cap = n;
+    return 0;
+}
+
+static void redis_source_forget(struct redis_source *s)
+{
+    if (s->last != NULL)
+        freeReplyObject(s->last);
+    s->last = NULL;
+    s->entries = NULL;
+}
+
+/* ---- source: entries ---- */
+
+/* The value of the first field `name` in [field, value, ...], or NULL. */
+static const redisReply *redis_field(const redisReply *fields, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+        const redisReply *f = fields->element[i], *v = fields->element[i + 1];
+        if (f->type == REDIS_REPLY_STRING && f->len == len && memcmp(f->str, name, len) == 0)
+            return v->type == REDIS_REPLY_STRING ? v : NULL;
+    }
+    return NULL;
+}
+
+/* A text field's value or NULL; *bad names it when it holds a NUL byte
+ * (the record would carry a shorter, different text). */
+static const char *redis_text_field(const redisReply *fields, const char *name, const char **bad)
+{
+    const redisReply *v = redis_field(fields, name);
+    if (v != NULL && memchr(v->str, '\0', v->len) != NULL)
+        *bad = name;
+    return v != NULL ? v->str : NULL;
+}
+
+/* [[id, [field, value, ...] or nil], ...] */
+static bool redis_entries_valid(const redisReply *entries)
+{
+    if (entries->type != REDIS_REPLY_ARRAY)
+        return false;
+    for (size_t i = 0; i < entries->elements; i++) {
+        const redisReply *e = entries->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[0]->type != REDIS_REPLY_STRING ||
+            (e->element[1]->type != REDIS_REPLY_ARRAY && e->element[1]->type != REDIS_REPLY_NIL))
+            return false;
+    }
+    return true;
+}
+
+/* entries[index] as a record (see the section comment). 0 with *out; 1
+ * when it cannot be one (why says why); -1 out of memory. */
+static int redis_entry_record(const redisReply *entries, size_t index, struct import_record **out,
+                              char *why, size_t whylen)
+{
+    const redisReply *e = entries->element[index], *fields = e->element[1];
+    const char *bad = NULL;
+    *out = NULL;
+    if (fields->type != REDIS_REPLY_ARRAY) {
+        snprintf(why, whylen, "deleted from the stream before it was delivered");
+        return 1;
+    }
+    const char *sub = redis_text_field(fields, "mqttSecondTopic", &bad);
+    if (sub == NULL)
+        sub = redis_text_field(fields, "topic", &bad);
+    const char *qos = redis_text_field(fields, "qoslevel", &bad);
+    const char *client = redis_text_field(fields, "clientId", &bad);
+    const redisReply *payload = redis_field(fields, "payload");
+    if (bad != NULL) {
+        snprintf(why, whylen, "field '%s' holds a NUL byte", bad);
+        return 1;
+    }
+    if (payload != NULL && payload->len > UINT32_MAX) {
+        snprintf(why, whylen, "payload larger than 4 GiB");
+        return 1;
+    }
+    *out = import_record_new(e->element[0]->str, sub, qos, client,
+                             payload != NULL ? payload->str : NULL,
+                             payload != NULL ? (uint32_t)payload->len : 0);
+    if (*out == NULL)
+        return -1;
+    (*out)->offset = (int64_t)index;
+    return 0;
+}
+
+/* rec's entry in the last fetch: true with *fields (NULL when the entry
+ * was deleted), false when rec is not from the last fetch. */
+static bool redis_entry_find(const struct redis_source *s, const struct import_record *rec,
+                             const redisReply **fields)
+{
+    const redisReply *e;
+    *fields = NULL;
+    if (s->entries == NULL || rec->id == NULL || rec->offset < 0 ||
+        (size_t)rec->offset >= s->entries->elements)
+        return false;
+    e = s->entries->element[rec->offset];
+    if (strcmp(e->element[0]->str, rec->id) != 0)
+        return false;
+    if (e->element[1]->type == REDIS_REPLY_ARRAY)
+        *fields = e->element[1];
+    return true;
+}
+
+/* ---- source: acknowledging ---- */
+
+/* Appends XADD <dead_letter> * <the entry's fields> source_id <id>
+ * reason <reason>. 0 or -1 (no memory). */
+static int redis_dead_letter_append(struct redis_source *s, const struct import_record *rec)
+{
+    const redisReply *fields;
+    if (!redis_entry_find(s, rec, &fields))
+        log_warn("redis '%s': rule '%s': entry %s: fields unknown, the dead-letter copy holds "
+                 "its id and reason only",
+                 s->rc->name, s->rule->name, rec->id ? rec->id : "?");
+    size_t nf = fields != NULL ? fields->elements : 0, argc = 0;
+    if (redis_source_args(s, nf + 7) != 0)
+        return -1;
+    const char *head[] = {"XADD", s->in->dead_letter, "*"};
+    for (size_t i = 0; i < 3; i++, argc++) {
+        s->argv[argc] = head[i];
+        s->argl[argc] = strlen(head[i]);
+    }
+    for (size_t i = 0; i < nf; i++, argc++) {
+        s->argv[argc] = fields->element[i]->str;
+        s->argl[argc] = fields->element[i]->len;
+    }
+    const char *tail[] = {"source_id", rec->id ? rec->id : "", "reason", rec->reason};
+    for (size_t i = 0; i < 4; i++, argc++) {
+        s->argv[argc] = tail[i];
+        s->argl[argc] = strlen(tail[i]);
+    }
+    return redisAppendCommandArgv(s->ctx, (int)argc, s->argv, s->argl) == REDIS_OK ? 0 : -1;
+}
+
+/* Copies the SKIPPED records to the dead-letter stream (one pipeline) and
+ * waits for every reply, so an entry is acknowledged only after its copy
+ * is stored. 0, or RETRY with err: connection lost, or an error reply
+ * that a retry may cure (OOM, READONLY, ...). Any other error reply (the
+ * key holds another type) is logged and counted, and the entry is
+ * acknowledged anyway: one bad entry must not stop the rule for ever. */
+static int redis_stream_dead_letter(struct redis_source *s, struct import_record *const *recs,
+                                    size_t n, char *err, size_t errlen)
+{
+    size_t sent = 0;
+    for (size_t i = 0; s->in->dead_letter != NULL && i < n; i++) {
+        if (recs[i]->outcome != IMPORT_SKIPPED)
+            continue;
+        if (redis_dead_letter_append(s, recs[i]) != 0) {
+            snprintf(err, errlen, "redis '%s': rule '%s': out of memory", s->rc->name,
+                     s->rule->name);
+            return CONNECTOR_RETRY;
+        }
+        sent++;
+    }
+    for (size_t i = 0, got = 0; got < sent; i++) {
+        redisReply *rep = NULL;
+        if (recs[i]->outcome != IMPORT_SKIPPED)
+            continue;
+        got++;
+        if (redisGetReply(s->ctx, (void **)&rep) != REDIS_OK || rep == NULL)
+            return redis_source_fail(s, "XADD to the dead-letter stream", NULL, err, errlen);
+        if (rep->type == REDIS_REPLY_ERROR && redis_reply_transient(rep->str)) {
+            redis_source_fail(s, "XADD to the dead-letter stream", rep, err, errlen);
+            freeReplyObject(rep);
+            return CONNECTOR_RETRY; /* the remaining replies die with the connection */
+        }
+        if (rep->type == REDIS_REPLY_ERROR) {
+            log_error("redis '%s': rule '%s': entry %s (skipped: %s) not dead-lettered to %s: %s",
+                      s->rc->name, s->rule->name, recs[i]->id ? recs[i]->id : "?", recs[i]->reason,
+                      s->in->dead_letter, rep->str);
+            s->st.dead_failed++;
+        } else {
+            s->st.dead++;
+        }
+        freeReplyObject(rep);
+    }
+    return 0;
+}
+
+/* XACK s g id... for recs[a..b). 0 or -1 (no memory). */
+static int redis_xack_append(struct redis_source *s, struct import_record *const *recs, size_t a,
+                             size_t b)
+{
+    size_t argc = 0;
+    if (redis_source_args(s, b - a + 3) != 0)
+        return -1;
+    const char *head[] = {"XACK", s->in->stream, s->in->group};
+    for (size_t i = 0; i < 3; i++, argc++) {
+        s->argv[argc] = head[i];
+        s->argl[argc] = strlen(head[i]);
+    }
+    for (size_t i = a; i < b; i++) {
+        if (recs[i]->id == NULL)
+            continue;
+        s->argv[argc] = recs[i]->id;
+        s->argl[argc++] = strlen(recs[i]->id);
+    }
+    return redisAppendCommandArgv(s->ctx, (int)argc, s->argv, s->argl) == REDIS_OK ? 0 : -1;
+}
+
+static int redis_stream_ack(struct redis_source *s, struct import_record *const *recs, size_t n,
+                            char *err, size_t errlen)
+{
+    size_t chunks = (n + REDIS_CHUNK - 1) / REDIS_CHUNK;
+    if (n == 0)
+        return CONNECTOR_OK;
+    if (redis_source_timeout(s, s->rc->command_timeout_ms) != 0)
+        return redis_source_fail(s, "socket options", NULL, err, errlen);
+    if (redis_stream_dead_letter(s, recs, n, err, errlen) != 0)
+        return CONNECTOR_RETRY;
+    for (size_t a = 0; a < n; a += REDIS_CHUNK)
+        if (redis_xack_append(s, recs, a, a + REDIS_CHUNK < n ? a + REDIS_CHUNK : n) != 0) {
+            snprintf(err, errlen, "redis '%s': rule '%s': out of memory", s->rc->name,
+                     s->rule->name);
+            return CONNECTOR_RETRY;
+        }
+    for (size_t k = 0; k < chunks; k++) {
+        redisReply *rep = NULL;
+        if (redisGetReply(s->ctx, (void **)&rep) != REDIS_OK || rep == NULL)
+            return redis_source_fail(s, "XACK", NULL, err, errlen);
+        bool failed = rep->type == REDIS_REPLY_ERROR;
+        if (failed)
+            redis_source_fail(s, "XACK", rep, err, errlen);
+        freeReplyObject(rep);
+        if (failed)
+            return CONNECTOR_RETRY;
+    }
+    s->st.acked += n;
+    return CONNECTOR_OK;
+}
+
+/* An entry that cannot be a record: dead-letter and acknowledge it now. */
+static int redis_stream_drop(struct redis_source *s, size_t index, const char *why, char *err,
+                             size_t errlen)
+{
+    const char *id = s->entries->element[index]->element[0]->str;
+    struct import_record *rec = import_record_new(id, NULL, NULL, NULL, NULL, 0);
+    if (rec == NULL) {
+        snprintf(err, errlen, "redis '%s': rule '%s': out of memory", s->rc->name, s->rule->name);
+        return CONNECTOR_RETRY;
+    }
+    rec->offset = (int64_t)index;
+    rec->outcome = IMPORT_SKIPPED;
+    snprintf(rec->reason, sizeof rec->reason, "%s", why);
+    log_warn("redis '%s': rule '%s': entry %s skipped: %s", s->rc->name, s->rule->name, id, why);
+    int rc = redis_stream_ack(s, &rec, 1, err, errlen);
+    s->st.dropped += rc == CONNECTOR_OK;
+    import_record_free(rec);
+    return rc;
+}
+
+/* ---- source: reading ---- */
+
+/* XREADGROUP GROUP g c COUNT max [BLOCK block_ms] STREAMS s <from>. On 0,
+ * *rep is the reply (caller frees) and *entries its entries, or NULL when
+ * there are none (nil: the block timed out). */
+static int redis_stream_read(struct redis_source *s, size_t max, const char *from, int block_ms,
+                             redisReply **rep, const redisReply **entries, char *err, size_t errlen)
+{
+    char count[24], block[24];
+    const char *argv[11] = {"XREADGROUP", "GROUP", s->in->group, s->in->consumer, "COUNT", count};
+    int argc = 6;
+    snprintf(count, sizeof count, "%zu", max);
+    if (block_ms > 0) {
+        snprintf(block, sizeof block, "%d", block_ms);
+        argv[argc++] = "BLOCK";
+        argv[argc++] = block;
+    }
+    argv[argc++] = "STREAMS";
+    argv[argc++] = s->in->stream;
+    argv[argc++] = from;
+    *entries = NULL;
+    if (redis_source_timeout(s, s->rc->command_timeout_ms + (block_ms > 0 ? block_ms : 0)) != 0 ||
+        (*rep = redisCommandArgv(s->ctx, argc, argv, NULL)) == NULL)
+        return redis_source_fail(s, "XREADGROUP", NULL, err, errlen);
+    const redisReply *r = *rep;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+        r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements == 2)
+        *entries = r->element[0]->element[1];
+    if (r->type != REDIS_REPLY_NIL && (*entries == NULL || !redis_entries_valid(*entries))) {
+        redis_source_fail(s, "XREADGROUP", r, err, errlen);
+        freeReplyObject(*rep);
+        *rep = NULL;
+        return CONNECTOR_RETRY;
+    }
+    if (*entries != NULL && (*entries)->elements == 0)
+        *entries = NULL;
+    return 0;
+}
+
+/* One page of the claim scan (step 2): XAUTOCLAIM s g c <claim_idle_ms>
+ * <cursor> COUNT max. As redis_stream_read; nothing when claiming is off
+ * or the next scan is not due. */
+static int redis_stream_claim(struct redis_source *s, size_t max, redisReply **rep,
+                              const redisReply **entries, char *err, size_t errlen)
+{
+    char idle[24], count[24];
+    *rep = NULL;
+    *entries = NULL;
+    if (s->claim_off || s->in->claim_idle_ms == 0 || redis_now_ms() < s->claim_at_ms)
+        return 0;
+    snprintf(idle, sizeof idle, "%" PRIu64, s->in->claim_idle_ms);
+    snprintf(count, sizeof count, "%zu", max);
+    const char *argv[] = {"XAUTOCLAIM", s->in->stream,   s->in->group, s->in->consumer,
+                          idle,         s->claim_cursor, "COUNT",      count};
+    if (redis_source_timeout(s, s->rc->command_timeout_ms) != 0 ||
+        (*rep = redisCommandArgv(s->ctx, 8, argv, NULL)) == NULL)
+        return redis_source_fail(s, "XAUTOCLAIM", NULL, err, errlen);
+    const redisReply *r = *rep;
+    if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "unknown command") != NULL) {
+        log_warn("redis '%s': rule '%s': the server has no XAUTOCLAIM (Redis < 6.2): entries "
+                 "other consumers left pending are not claimed",
+                 s->rc->name, s->rule->name);
+        s->claim_off = true;
+    } else if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
+               r->element[0]->type != REDIS_REPLY_STRING ||
+               r->element[0]->len >= sizeof s->claim_cursor ||
+               !redis_entries_valid(r->element[1])) {
+        redis_source_fail(s, "XAUTOCLAIM", r, err, errlen);
+        freeReplyObject(*rep);
+        *rep = NULL;
+        return CONNECTOR_RETRY;
+    } else {
+        memcpy(s->claim_cursor, r->element[0]->str, r->element[0]->len + 1);
+        if (strcmp(s->claim_cursor, "0-0") == 0) /* the scan is complete */
+            s->claim_at_ms = redis_now_ms() + s->in->claim_idle_ms;
+        *entries = r->element[1]->elements > 0 ? r->element[1] : NULL;
+    }
+    return 0;
+}
+
+/* The entries of the last fetch as records; the ones that cannot be are
+ * dropped (dead-lettered and acknowledged). */
+static int redis_stream_records(struct redis_source *s, struct import_record **recs, size_t max,
+                                size_t *n, uint64_t *counter, char *err, size_t errlen)
+{
+    char why[96];
+    for (size_t i = 0; i < s->entries->elements && *n < max; i++) {
+        struct import_record *rec = NULL;
+        int r = redis_entry_record(s->entries, i, &rec, why, sizeof why);
+        if (r < 0) {
+            snprintf(err, errlen, "redis '%s': rule '%s': out of memory", s->rc->name,
+                     s->rule->name);
+            goto fail;
+        }
+        if (r > 0 && redis_stream_drop(s, i, why, err, errlen) != CONNECTOR_OK)
+            goto fail;
+        if (r == 0)
+            recs[(*n)++] = rec;
+    }
+    s->st.fetched += *n;
+    *counter += *n;
+    return CONNECTOR_OK;
+fail:
+    for (size_t i = 0; i < *n; i++)
+        import_record_free(recs[i]);
+    *n = 0;
+    return CONNECTOR_RETRY;
+}
+
+static int redis_stream_fetch(struct redis_source *s, struct import_record **recs, size_t max,
+                              size_t *n, int timeout_ms, char *err, size_t errlen)
+{
+    redisReply *rep = NULL;
+    const redisReply *entries = NULL;
+    uint64_t unused = 0, *counter = &s->st.own;
+    redis_source_forget(s);
+    if (!s->own_done) {
+        if (redis_stream_read(s, max, s->own_after, 0, &rep, &entries, err, errlen) != 0)
+            return CONNECTOR_RETRY;
+        const redisReply *tail = entries ? entries->element[entries->elements - 1] : NULL;
+        if (tail == NULL || tail->element[0]->len >= sizeof s->own_after)
+            s->own_done = true;
+        else
+            memcpy(s->own_after, tail->element[0]->str, tail->element[0]->len + 1);
+    }
+    if (entries == NULL) {
+        freeReplyObject(rep);
+        counter = &s->st.claimed;
+        if (redis_stream_claim(s, max, &rep, &entries, err, errlen) != 0)
+            return CONNECTOR_RETRY;
+    }
+    if (entries == NULL) {
+        freeReplyObject(rep);
+        counter = &unused;
+        if (redis_stream_read(s, max, ">", timeout_ms, &rep, &entries, err, errlen) != 0)
+            return CONNECTOR_RETRY;
+    }
+    if (entries == NULL) {
+        freeReplyObject(rep);
+        return CONNECTOR_OK;
+    }
+    s->last = rep;
+    s->entries = entries;
+    return redis_stream_records(s, recs, max, n, counter, err, errlen);
+}
+
+/* ---- source: Pub/Sub ---- */
+
+/* A pushed ["message", channel, payload] becomes a record; anything else
+ * (the subscribe confirmation) is ignored. 0 or -1 (no memory). */
+static int redis_pubsub_take(struct redis_source *s, const redisReply *m,
+                             struct import_record **recs, size_t *n)
+{
+    if (m->type != REDIS_REPLY_ARRAY || m->elements != 3 ||
+        m->element[0]->type != REDIS_REPLY_STRING || strcmp(m->element[0]->str, "message") != 0 ||
+        m->element[2]->type != REDIS_REPLY_STRING || m->element[2]->len > UINT32_MAX)
+        return 0;
+    struct import_record *rec =
+        import_record_new(NULL, NULL, NULL, NULL, m->element[2]->str, (uint32_t)m->element[2]->len);
+    if (rec == NULL)
+        return -1;
+    rec->offset = (int64_t)++s->st.fetched;
+    recs[(*n)++] = rec;
+    return 0;
+}
+
+/* Waits up to timeout_ms for the first message, then takes what has
+ * arrived already, up to max. Records in hand when the connection drops
+ * are returned (OK); the next fetch says RETRY. */
+static int redis_pubsub_fetch(struct redis_source *s, struct import_record **recs, size_t max,
+                              size_t *n, int timeout_ms, char *err, size_t errlen)
+{
+    uint64_t deadline = redis_now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+    const char *why = NULL;
+    while (*n < max && why == NULL) {
+        void *reply = NULL;
+        if (redisGetReplyFromReader(s->ctx, &reply) != REDIS_OK) {
+            why = s->ctx->errstr;
+        } else if (reply != NULL) {
+            if (redis_pubsub_take(s, reply, recs, n) != 0)
+                why = "out of memory";
+            freeReplyObject(reply);
+        } else {
+            uint64_t now = redis_now_ms();
+            struct pollfd p = {.fd = s->ctx->fd, .events = POLLIN};
+            int ready = poll(&p, 1, *n > 0 || now >= deadline ? 0 : (int)(deadline - now));
+            if (ready == 0)
+                break;
+            if (ready < 0 && errno != EINTR)
+                why = "poll failed";
+            else if (ready > 0 && redisBufferRead(s->ctx) != REDIS_OK)
+                why = s->ctx->errstr[0] ? s->ctx->errstr : "connection closed";
+        }
+    }
+    if (why == NULL || *n > 0)
+        return CONNECTOR_OK;
+    snprintf(err, errlen, "redis '%s': rule '%s': SUBSCRIBE %s: %s", s->rc->name, s->rule->name,
+             s->in->channel, why);
+    return CONNECTOR_RETRY;
+}
+
+/* ---- source: backlog ---- */
+
+/* Stream ids "<ms>-<seq>" compared as numbers: <0, 0, >0. */
+static int redis_id_cmp(const char *a, const char *b)
+{
+    uint64_t ams = 0, aseq = 0, bms = 0, bseq = 0;
+    sscanf(a, "%" SCNu64 "-%" SCNu64, &ams, &aseq);
+    sscanf(b, "%" SCNu64 "-%" SCNu64, &bms, &bseq);
+    if (ams != bms)
+        return ams < bms ? -1 : 1;
+    return aseq < bseq ? -1 : aseq > bseq;
+}
+
+/* Our group's entry in an XINFO GROUPS reply, or NULL. */
+static const redisReply *redis_group_info(const redisReply *groups, const char *group)
+{
+    if (groups->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    for (size_t i = 0; i < groups->elements; i++) {
+        const redisReply *g = groups->element[i], *name;
+        if (g->type == REDIS_REPLY_ARRAY && (name = redis_field(g, "name")) != NULL &&
+            strcmp(name->str, group) == 0)
+            return g;
+    }
+    return NULL;
+}
+
+/* The value of an integer field of an XINFO reply, or -1. */
+static int64_t redis_info_int(const redisReply *info, const char *name)
+{
+    for (size_t i = 0; i + 1 < info->elements; i += 2) {
+        const redisReply *f = info->element[i], *v = info->element[i + 1];
+        if (f->type == REDIS_REPLY_STRING && strcmp(f->str, name) == 0)
+            return v->type == REDIS_REPLY_INTEGER ? v->integer : -1;
+    }
+    return -1;
+}
+
+/* pending + unread. unread: 0 when the group has read up to the last
+ * entry; else the group's `lag` (Redis 7), else XLEN (an upper bound:
+ * Redis cannot tell, e.g. after XDEL in the unread part, or before 7). */
+static int64_t redis_stream_backlog(const struct redis_source *s, redisReply *const rep[3])
+{
+    const redisReply *g = redis_group_info(rep[0], s->in->group);
+    const redisReply *delivered = g != NULL ? redis_field(g, "last-delivered-id") : NULL;
+    int64_t pending = g != NULL ? redis_info_int(g, "pending") : -1;
+    int64_t lag = g != NULL ? redis_info_int(g, "lag") : -1;
+    if (pending < 0 || delivered == NULL || rep[1]->type != REDIS_REPLY_ARRAY ||
+        rep[2]->type != REDIS_REPLY_INTEGER)
+        return -1;
+    const redisReply *newest = rep[1]->elements > 0 ? rep[1]->element[0] : NULL;
+    if (newest == NULL || newest->type != REDIS_REPLY_ARRAY || newest->elements < 1 ||
+        redis_id_cmp(newest->element[0]->str, delivered->str) <= 0)
+        return pending;
+    return pending + (lag >= 0 ? lag : rep[2]->integer);
+}
+
+/* XINFO GROUPS, XREVRANGE s + - COUNT 1 and XLEN in one round trip. -1
+ * when unknown (a lost connection shows at the next fetch). */
+static int64_t redis_source_lag(struct source *src)
+{
+    struct redis_source *s = redis_source_of(src);
+    redisReply *rep[3] = {NULL, NULL, NULL};
+    const char *cmds[3][6] = {{"XINFO", "GROUPS", s->in->stream},
+                              {"XREVRANGE", s->in->stream, "+", "-", "COUNT", "1"},
+                              {"XLEN", s->in->stream}};
+    const int argc[3] = {3, 6, 2};
+    int64_t backlog = -1;
+    bool whole = true;
+    if (s->in->mode == SOURCE_PUBSUB || redis_source_timeout(s, s->rc->command_timeout_ms) != 0)
+        return -1;
+    for (int i = 0; i < 3; i++)
+        if (redisAppendCommandArgv(s->ctx, argc[i], cmds[i], NULL) != REDIS_OK)
+            return -1;
+    for (int i = 0; i < 3 && whole; i++) /* every reply, or the pipeline is out of step */
+        whole = redisGetReply(s->ctx, (void **)&rep[i]) == REDIS_OK && rep[i] != NULL;
+    if (whole)
+        backlog = redis_stream_backlog(s, rep);
+    for (int i = 0; i < 3; i++)
+        if (rep[i] != NULL)
+            freeReplyObject(rep[i]);
+    return backlog;
+}
+
+/* ---- source: life cycle ---- */
+
+/* XGROUP CREATE s g 0 MKSTREAM: a new group starts at the beginning of
+ * the stream; an existing one (BUSYGROUP) keeps its position. */
+static int redis_group_create(struct redis_source *s, char *err, size_t errlen)
+{
+    const char *argv[] = {"XGROUP", "CREATE", s->in->stream, s->in->group, "0", "MKSTREAM"};
+    redisReply *rep = redisCommandArgv(s->ctx, 6, argv, NULL);
+    if (rep == NULL)
+        return redis_source_fail(s, "XGROUP CREATE", NULL, err, errlen);
+    int rc = 0;
+    if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "BUSYGROUP", 9) != 0)
+        rc = redis_source_fail(s, "XGROUP CREATE", rep, err, errlen);
+    freeReplyObject(rep);
+    return rc;
+}
+
+static void redis_source_close(struct source *src);
+
+static int redis_source_open(struct connector *c, const struct rule *r, struct source **out,
+                             char *err, size_t errlen)
+{
+    const struct redis_target *t = r->compiled;
+    struct redis_source *s = NULL;
+    redisReply *rep = NULL;
+    *out = NULL;
+    if (t == NULL || t->type != RULE_INBOUND) {
+        snprintf(err, errlen, "redis '%s': rule '%s' is not an inbound rule of this connector",
+                 redis_of(c)->name, r->name);
+        goto fail;
+    }
+    if ((s = calloc(1, sizeof *s)) == NULL) {
+        snprintf(err, errlen, "redis '%s': out of memory", redis_of(c)->name);
+        goto fail;
+    }
+    s->rc = redis_of(c);
+    s->rule = r;
+    s->in = &t->in;
+    s->timeout_ms = s->rc->command_timeout_ms;
+    snprintf(s->own_after, sizeof s->own_after, "0");
+    snprintf(s->claim_cursor, sizeof s->claim_cursor, "0-0");
+    if ((s->ctx = redis_connect(s->rc, err, errlen)) == NULL)
+        goto fail;
+    if (s->in->mode == SOURCE_PUBSUB) {
+        const char *argv[] = {"SUBSCRIBE", s->in->channel};
+        if (redis_call(s->rc->name, s->ctx, 2, argv, NULL, &rep, err, errlen) != 0)
+            goto fail;
+        freeReplyObject(rep);
+    } else if (redis_group_create(s, err, errlen) != 0) {
+        goto fail;
+    }
+    s->opened = true;
+    *out = (struct source *)(void *)s;
+    return 0;
+fail:
+    redis_source_close((struct source *)(void *)s);
+    return CONNECTOR_RETRY;
+}
+
+/* Frees the connection; what was fetched and not acknowledged stays in
+ * the consumer's pending list (nothing is acknowledged here). */
+static void redis_source_close(struct source *src)
+{
+    struct redis_source *s = redis_source_of(src);
+    if (s == NULL)
+        return;
+    if (s->opened && s->in->mode == SOURCE_STREAM)
+        log_notice("redis '%s': rule '%s': closed; fetched %" PRIu64 " (%" PRIu64
+                   " redelivered from this consumer's pending list, %" PRIu64
+                   " claimed from other consumers), acknowledged %" PRIu64
+                   ", dead-lettered %" PRIu64 " (%" PRIu64 " failed), dropped at fetch %" PRIu64,
+                   s->rc->name, s->rule->name, s->st.fetched, s->st.own, s->st.claimed, s->st.acked,
+                   s->st.dead, s->st.dead_failed, s->st.dropped);
+    else if (s->opened)
+        log_notice("redis '%s': rule '%s': closed; received %" PRIu64 " Pub/Sub messages",
+                   s->rc->name, s->rule->name, s->st.fetched);
+    redis_source_forget(s);
+    if (s->ctx != NULL)
+        redisFree(s->ctx);
+    free(s->argv);
+    free(s->argl);
+    free(s);
+}
+
+static int redis_source_fetch(struct source *src, struct import_record **recs, size_t max,
+                              size_t *n, int timeout_ms, char *err, size_t errlen)
+{
+    struct redis_source *s = redis_source_of(src);
+    *n = 0;
+    if (max == 0)
+        return CONNECTOR_OK;
+    return s->in->mode == SOURCE_PUBSUB
+               ? redis_pubsub_fetch(s, recs, max, n, timeout_ms, err, errlen)
+               : redis_stream_fetch(s, recs, max, n, timeout_ms, err, errlen);
+}
+
+/* Pub/Sub has nothing to acknowledge. */
+static int redis_source_ack(struct source *src, struct import_record *const *recs, size_t n,
+                            char *err, size_t errlen)
+{
+    struct redis_source *s = redis_source_of(src);
+    return s->in->mode == SOURCE_PUBSUB ? CONNECTOR_OK : redis_stream_ack(s, recs, n, err, errlen);
+}
+
 const struct connector_ops redis_connector = {
     .type = "redis",
     .settings = redis_settings,
@@ -896,4 +1757,9 @@ const struct connector_ops redis_connector = {
     .open = redis_open,
     .close = redis_close,
     .export = redis_export,
+    .source_open = redis_source_open,
+    .source_close = redis_source_close,
+    .source_fetch = redis_source_fetch,
+    .source_ack = redis_source_ack,
+    .source_lag = redis_source_lag,
 };

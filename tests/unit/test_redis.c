@@ -7,6 +7,12 @@
  * without duplicates on the re-offer, RETRY when the server is unreachable,
  * frozen or gone, recovery, NOSCRIPT, AUTH, unix sockets, and a throughput
  * measurement (printed, not asserted).
+ * The source (inbound rules): entry fields to records exactly, ack then
+ * reopen (nothing again), fetch without ack then reopen (redelivered, page
+ * by page, before new entries), XAUTOCLAIM of another consumer's old
+ * pending entries, dead-letter copies (skipped, undecodable, deleted while
+ * pending, broken dead-letter key), lag, idle timeout, Pub/Sub (arrives
+ * while subscribed, lost while not), RETRY and recovery, throughput.
  *
  * Run: tests/services/run redis -- build/test_redis */
 #include "../../connectors/connector.h"
@@ -204,6 +210,8 @@ static void rule_free(struct connector *c, struct rule *r)
 {
     ops->release(c, r->compiled);
     kvmap_free(r->options);
+    kvmap_free(r->target_options);
+    free(r->resource);
     free(r->name);
     free(r);
 }
@@ -372,8 +380,16 @@ static const struct rule_case rule_cases[] = {
      RULE_STATUS,
      {"stream", "s", "mode", "publish", NULL},
      "unknown key 'mode'"},
-    {"inbound", RULE_INBOUND, {"key", "k", NULL}, "not supported"},
+    {"outbound has no stream source keys",
+     RULE_OUTBOUND,
+     {"key", "k", "group", "g", NULL},
+     "conn.yaml:12:7: rule 'out-rule': unknown key 'group'"},
 };
+
+static const char *rule_name(enum rule_type type)
+{
+    return type == RULE_STATUS ? "status-rule" : "out-rule";
+}
 
 START_TEST(test_rule_validation)
 {
@@ -381,7 +397,7 @@ START_TEST(test_rule_validation)
     char err[512] = "";
     struct connector *c = conn_make("redis://127.0.0.1:9", NULL, NULL);
     char name[16];
-    snprintf(name, sizeof name, "%s", tc->type == RULE_STATUS ? "status-rule" : "out-rule");
+    snprintf(name, sizeof name, "%s", rule_name(tc->type));
     struct rule r = {.name = name, .type = tc->type, .options = map_new(10, 5)};
     for (int i = 0; i < 8 && tc->pairs[i] != NULL; i += 2)
         map_put(r.options, tc->pairs[i], tc->pairs[i + 1], 11 + i / 2, 7);
@@ -398,6 +414,97 @@ START_TEST(test_rule_validation)
     }
     ops->release(c, compiled);
     kvmap_free(r.options);
+    ops->destroy(c);
+}
+END_TEST
+
+/* Inbound rules: the source's keys (by mode) and the target besides
+ * `topic` (nothing). */
+struct inbound_case {
+    const char *desc;
+    const char *pairs[12];
+    const char *target[4];
+    const char *want; /* substring of the error; NULL = accepted */
+};
+
+static const struct inbound_case inbound_cases[] = {
+    {"stream, all keys",
+     {"mode", "stream", "stream", "mqtt:commands", "group", "mqbridge", "consumer", "mqbridge-1",
+      "dead_letter_stream", "mqtt:commands:dead", "claim_idle_ms", "30000"},
+     {NULL},
+     NULL},
+    {"stream, defaults", {"stream", "s", NULL}, {NULL}, NULL},
+    {"stream, claiming off", {"stream", "s", "claim_idle_ms", "0", NULL}, {NULL}, NULL},
+    {"pubsub", {"mode", "pubsub", "channel", "mqtt:commands", NULL}, {NULL}, NULL},
+    {"bad mode",
+     {"mode", "list", "stream", "s", NULL},
+     {NULL},
+     "conn.yaml:11:7: rule 'in-rule': mode 'list': expected stream or pubsub"},
+    {"stream without stream",
+     {"group", "g", NULL},
+     {NULL},
+     "conn.yaml:10:5: rule 'in-rule' (mode stream): missing required key 'stream'"},
+    {"pubsub without channel",
+     {"mode", "pubsub", NULL},
+     {NULL},
+     "conn.yaml:10:5: rule 'in-rule' (mode pubsub): missing required key 'channel'"},
+    {"pubsub has no group",
+     {"mode", "pubsub", "channel", "c", "group", "g", NULL},
+     {NULL},
+     "conn.yaml:13:7: rule 'in-rule' (mode pubsub): unknown key 'group'"},
+    {"stream has no channel",
+     {"stream", "s", "channel", "c", NULL},
+     {NULL},
+     "conn.yaml:12:7: rule 'in-rule' (mode stream): unknown key 'channel'"},
+    {"no outbound keys",
+     {"stream", "s", "key", "k", NULL},
+     {NULL},
+     "conn.yaml:12:7: rule 'in-rule' (mode stream): unknown key 'key'"},
+    {"empty group",
+     {"stream", "s", "group", "", NULL},
+     {NULL},
+     "conn.yaml:12:7: rule 'in-rule': group: must not be empty"},
+    {"bad claim_idle_ms",
+     {"stream", "s", "claim_idle_ms", "30s", NULL},
+     {NULL},
+     "conn.yaml:12:7: rule 'in-rule': claim_idle_ms: expected 0..2147483647"},
+    {"dead letter into the stream itself",
+     {"stream", "s", "dead_letter_stream", "s", NULL},
+     {NULL},
+     "conn.yaml:12:7: rule 'in-rule': dead_letter_stream: must be another stream than 's'"},
+    {"target keys besides topic",
+     {"stream", "s", NULL},
+     {"qos", "1", NULL},
+     "conn.yaml:21:9: rule 'in-rule': target: unknown key 'qos'"},
+};
+
+START_TEST(test_inbound_validation)
+{
+    const struct inbound_case *tc = &inbound_cases[_i];
+    char err[512] = "", name[] = "in-rule";
+    struct connector *c = conn_make("redis://127.0.0.1:9", NULL, NULL);
+    struct rule r = {.name = name,
+                     .type = RULE_INBOUND,
+                     .options = map_new(10, 5),
+                     .target_options = map_new(20, 7)};
+    for (int i = 0; i < 12 && tc->pairs[i] != NULL; i += 2)
+        map_put(r.options, tc->pairs[i], tc->pairs[i + 1], 11 + i / 2, 7);
+    for (int i = 0; i < 4 && tc->target[i] != NULL; i += 2)
+        map_put(r.target_options, tc->target[i], tc->target[i + 1], 21 + i / 2, 9);
+    void *compiled = NULL;
+    int rc = ops->compile(c, &r, &compiled, err, sizeof err);
+    if (tc->want == NULL) {
+        ck_assert_msg(rc == 0, "%s: %s", tc->desc, err);
+        ck_assert_ptr_nonnull(compiled);
+    } else {
+        ck_assert_msg(rc != 0, "%s: accepted", tc->desc);
+        ck_assert_ptr_null(compiled);
+        ck_assert_msg(strstr(err, tc->want) != NULL, "%s: got '%s', want '%s'", tc->desc, err,
+                      tc->want);
+    }
+    ops->release(c, compiled);
+    kvmap_free(r.options);
+    kvmap_free(r.target_options);
     ops->destroy(c);
 }
 END_TEST
@@ -975,6 +1082,763 @@ START_TEST(test_throughput)
 }
 END_TEST
 
+/* ---- inbound: helpers -------------------------------------------------------- */
+
+static struct rule *inbound_make(struct connector *c, const char *const *pairs)
+{
+    char err[512] = "";
+    struct rule *r = calloc(1, sizeof *r);
+    ck_assert_ptr_nonnull(r);
+    r->name = strdup("in-rule");
+    r->type = RULE_INBOUND;
+    r->enabled = true;
+    r->resource = strdup("Commands");
+    r->options = map_new(10, 5);
+    r->target_options = map_new(20, 7);
+    for (int i = 0; pairs[i] != NULL; i += 2)
+        map_put(r->options, pairs[i], pairs[i + 1], 11 + i / 2, 7);
+    ck_assert_msg(ops->compile(c, r, &r->compiled, err, sizeof err) == 0, "compile: %s", err);
+    return r;
+}
+
+static struct source *src_open(struct connector *c, const struct rule *r)
+{
+    char err[512] = "";
+    struct source *s = NULL;
+    ck_assert_msg(ops->source_open(c, r, &s, err, sizeof err) == 0, "source_open: %s", err);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
+static size_t src_fetch(struct source *s, struct import_record **recs, size_t max, int timeout_ms)
+{
+    char err[512] = "";
+    size_t n = (size_t)-1;
+    ck_assert_msg(ops->source_fetch(s, recs, max, &n, timeout_ms, err, sizeof err) == CONNECTOR_OK,
+                  "fetch: %s", err);
+    ck_assert_uint_le(n, max);
+    return n;
+}
+
+/* Fetches until n records arrived (deadline 10 s); asserts no more came. */
+static void src_fetch_n(struct source *s, struct import_record **recs, size_t n, int timeout_ms)
+{
+    size_t got = 0;
+    double deadline = now_s() + 10;
+    while (got < n && now_s() < deadline)
+        got += src_fetch(s, recs + got, n - got, timeout_ms);
+    ck_assert_msg(got == n, "fetched %zu of %zu", got, n);
+}
+
+static void recs_free(struct import_record **recs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        import_record_free(recs[i]);
+}
+
+/* Acknowledges recs (those still PENDING as PUBLISHED) and frees them. */
+static void src_ack(struct source *s, struct import_record **recs, size_t n)
+{
+    char err[512] = "";
+    for (size_t i = 0; i < n; i++)
+        if (recs[i]->outcome == IMPORT_PENDING)
+            recs[i]->outcome = IMPORT_PUBLISHED;
+    ck_assert_msg(ops->source_ack(s, recs, n, err, sizeof err) == CONNECTOR_OK, "ack: %s", err);
+    recs_free(recs, n);
+}
+
+static void skip(struct import_record *rec, const char *reason)
+{
+    rec->outcome = IMPORT_SKIPPED;
+    snprintf(rec->reason, sizeof rec->reason, "%s", reason);
+}
+
+/* XADD stream * fields... (NULL-terminated [field, value, ...]); the value
+ * after "payload" is payload_len bytes long when payload_len is not 0. */
+static void xadd(redisContext *rc, const char *stream, const char *const *fields,
+                 size_t payload_len, char *id, size_t idlen)
+{
+    const char *argv[24] = {"XADD", stream, "*"};
+    size_t lens[24] = {4, strlen(stream), 1};
+    int argc = 3;
+    for (int i = 0; fields[i] != NULL; i++, argc++) {
+        ck_assert_int_lt(argc, 24);
+        argv[argc] = fields[i];
+        lens[argc] = strlen(fields[i]);
+        if (payload_len != 0 && i % 2 == 1 && strcmp(fields[i - 1], "payload") == 0)
+            lens[argc] = payload_len;
+    }
+    redisReply *r = redisCommandArgv(rc, argc, argv, lens);
+    ck_assert_msg(r != NULL && r->type == REDIS_REPLY_STRING, "XADD: %s", r ? r->str : rc->errstr);
+    if (id != NULL)
+        snprintf(id, idlen, "%s", r->str);
+    freeReplyObject(r);
+}
+
+/* n entries with payloads "<prefix><i>"; ids into ids[i]. */
+static void xadd_n(redisContext *rc, const char *stream, const char *prefix, size_t n,
+                   char (*ids)[48])
+{
+    for (size_t i = 0; i < n; i++) {
+        char payload[64];
+        snprintf(payload, sizeof payload, "%s%zu", prefix, i);
+        xadd(rc, stream, (const char *[]){"payload", payload, NULL}, 0, ids ? ids[i] : NULL, 48);
+    }
+}
+
+static void assert_payload(const struct import_record *rec, const char *want)
+{
+    ck_assert_msg(rec->payload_len == strlen(want) && memcmp(rec->payload, want, strlen(want)) == 0,
+                  "payload '%.*s', want '%s'", (int)rec->payload_len, (const char *)rec->payload,
+                  want);
+}
+
+static void assert_text(const char *desc, const char *what, const char *got, const char *want)
+{
+    ck_assert_msg((got == NULL && want == NULL) || (got && want && strcmp(got, want) == 0),
+                  "%s: %s '%s', want '%s'", desc, what, got ? got : "(null)",
+                  want ? want : "(null)");
+}
+
+/* The group's pending entry count (XPENDING summary). */
+static long long pending_count(redisContext *rc, const char *stream, const char *group)
+{
+    redisReply *r = client_cmd(rc, (const char *[]){"XPENDING", stream, group, NULL});
+    ck_assert_int_eq(r->type, REDIS_REPLY_ARRAY);
+    long long n = r->element[0]->integer;
+    freeReplyObject(r);
+    return n;
+}
+
+/* Owner and delivery count of one pending entry; asserts it is pending. */
+static void pending_of(redisContext *rc, const char *stream, const char *group, const char *id,
+                       char *consumer, size_t len, long long *deliveries)
+{
+    redisReply *r = client_cmd(rc, (const char *[]){"XPENDING", stream, group, id, id, "1", NULL});
+    ck_assert_msg(r->elements == 1, "%s is not pending", id);
+    snprintf(consumer, len, "%s", r->element[0]->element[1]->str);
+    *deliveries = r->element[0]->element[3]->integer;
+    freeReplyObject(r);
+}
+
+static void del_keys(redisContext *rc, const char *a, const char *b)
+{
+    freeReplyObject(client_cmd(rc, (const char *[]){"DEL", a, b ? b : a, NULL}));
+}
+
+/* ---- inbound: stream mode -------------------------------------------------- */
+
+/* One entry each; the record the source makes of it (NULL: absent). */
+struct entry_case {
+    const char *desc;
+    const char *fields[10];
+    size_t payload_len; /* when the payload holds NUL bytes */
+    const char *sub_topic, *qos, *client_id, *payload;
+    size_t want_len;
+};
+
+static const struct entry_case entry_cases[] = {
+    {"every property",
+     {"payload", "on", "mqttSecondTopic", "lamp/1", "qoslevel", "0", "clientId", "GID_x@@@d1",
+      NULL},
+     0,
+     "lamp/1",
+     "0",
+     "GID_x@@@d1",
+     "on",
+     2},
+    {"topic stands for mqttSecondTopic",
+     {"payload", "off", "topic", "lamp/2", NULL},
+     0,
+     "lamp/2",
+     NULL,
+     NULL,
+     "off",
+     3},
+    {"mqttSecondTopic wins over topic",
+     {"topic", "b", "payload", "x", "mqttSecondTopic", "a", NULL},
+     0,
+     "a",
+     NULL,
+     NULL,
+     "x",
+     1},
+    {"no payload: an empty message",
+     {"mqttSecondTopic", "lamp/3", NULL},
+     0,
+     "lamp/3",
+     NULL,
+     NULL,
+     "",
+     0},
+    {"binary payload", {"payload", "a\0b\xff", NULL}, 4, NULL, NULL, NULL, "a\0b\xff", 4},
+    {"unknown fields ignored",
+     {"extra", "x", "payload", "p", "msgid", "0000000000000001", NULL},
+     0,
+     NULL,
+     NULL,
+     NULL,
+     "p",
+     1},
+    {"names are case-sensitive",
+     {"Payload", "X", "qosLevel", "2", "clientid", "c", "MQTTSECONDTOPIC", "t", NULL},
+     0,
+     NULL,
+     NULL,
+     NULL,
+     "",
+     0},
+    {"the first of repeated fields",
+     {"payload", "first", "payload", "second", NULL},
+     0,
+     NULL,
+     NULL,
+     NULL,
+     "first",
+     5},
+    {"values copied, not judged (the engine validates)",
+     {"payload", "p", "qoslevel", "7", "mqttSecondTopic", "a/+/b", NULL},
+     0,
+     "a/+/b",
+     "7",
+     NULL,
+     "p",
+     1},
+};
+
+/* Entries written before open come in order with exact fields; acked,
+ * they are not fetched again after a reopen; an idle fetch returns n = 0
+ * after its timeout. */
+START_TEST(test_source_stream_fields)
+{
+    enum { N = sizeof entry_cases / sizeof entry_cases[0] };
+    char stream[128], ids[N][48];
+    struct import_record *recs[2 * N];
+    unique_name(stream, sizeof stream, "in-fields");
+    redisContext *rc = client_shared();
+    for (size_t i = 0; i < N; i++)
+        xadd(rc, stream, entry_cases[i].fields, entry_cases[i].payload_len, ids[i], 48);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r = inbound_make(c, (const char *[]){"stream", stream, NULL});
+    struct source *s = src_open(c, r);
+    ck_assert_uint_eq(src_fetch(s, recs, 2 * N, 2000), N);
+    for (size_t i = 0; i < N; i++) {
+        const struct entry_case *tc = &entry_cases[i];
+        assert_text(tc->desc, "id", recs[i]->id, ids[i]);
+        assert_text(tc->desc, "sub_topic", recs[i]->sub_topic, tc->sub_topic);
+        assert_text(tc->desc, "qos", recs[i]->qos, tc->qos);
+        assert_text(tc->desc, "client_id", recs[i]->client_id, tc->client_id);
+        ck_assert_msg(recs[i]->payload_len == tc->want_len &&
+                          memcmp(recs[i]->payload, tc->payload, tc->want_len) == 0,
+                      "%s: payload", tc->desc);
+    }
+    ck_assert_int_eq(pending_count(rc, stream, "mqbridge"), N); /* delivered, not acked */
+    src_ack(s, recs, N);
+    ck_assert_int_eq(pending_count(rc, stream, "mqbridge"), 0);
+    ops->source_close(s);
+
+    s = src_open(c, r);
+    double t0 = now_s();
+    ck_assert_uint_eq(src_fetch(s, recs, N, 300), 0);
+    double took = now_s() - t0;
+    ck_assert_msg(took >= 0.25 && took < 1.5, "idle fetch took %.2f s", took);
+    ops->source_close(s);
+    del_keys(rc, stream, NULL);
+    redisFree(rc);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* Fetched and never acknowledged (a crash): after a reopen the same
+ * entries come first, page by page, then the new ones; each at least once. */
+START_TEST(test_source_crash_redelivery)
+{
+    char stream[128], ids[6][48], consumer[64];
+    struct import_record *recs[10];
+    long long deliveries;
+    unique_name(stream, sizeof stream, "in-crash");
+    redisContext *rc = client_shared();
+    xadd_n(rc, stream, "m", 5, ids);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r = inbound_make(c, (const char *[]){"stream", stream, "consumer", "mqb-a", NULL});
+    struct source *s = src_open(c, r);
+    ck_assert_uint_eq(src_fetch(s, recs, 3, 1000), 3);
+    recs_free(recs, 3);
+    ops->source_close(s); /* "crash": m0..m2 stay pending */
+    xadd(rc, stream, (const char *[]){"payload", "m5", NULL}, 0, ids[5], 48);
+
+    s = src_open(c, r);
+    ck_assert_uint_eq(src_fetch(s, recs, 2, 1000), 2);
+    assert_payload(recs[0], "m0");
+    assert_payload(recs[1], "m1");
+    pending_of(rc, stream, "mqbridge", ids[0], consumer, sizeof consumer, &deliveries);
+    ck_assert_str_eq(consumer, "mqb-a");
+    ck_assert_int_eq(deliveries, 2);
+    src_ack(s, recs, 2);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 1000), 1); /* the rest of the old ones */
+    assert_payload(recs[0], "m2");
+    src_ack(s, recs, 1);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 1000), 3); /* then the new ones */
+    for (size_t i = 0; i < 3; i++)
+        assert_text("new", "id", recs[i]->id, ids[3 + i]);
+    src_ack(s, recs, 3);
+    ck_assert_int_eq(pending_count(rc, stream, "mqbridge"), 0);
+    ops->source_close(s);
+
+    s = src_open(c, r);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 100), 0);
+    ops->source_close(s);
+    del_keys(rc, stream, NULL);
+    redisFree(rc);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* Entries another consumer (a crashed instance) left pending: not
+ * touched while younger than claim_idle_ms, claimed once older. */
+START_TEST(test_source_claim)
+{
+    char stream[128], ids[4][48], consumer[64];
+    struct import_record *recs[10];
+    long long deliveries;
+    unique_name(stream, sizeof stream, "in-claim");
+    redisContext *rc = client_shared();
+    freeReplyObject(client_cmd(
+        rc, (const char *[]){"XGROUP", "CREATE", stream, "mqbridge", "0", "MKSTREAM", NULL}));
+    xadd_n(rc, stream, "old", 3, ids);
+    freeReplyObject(client_cmd(rc, (const char *[]){"XREADGROUP", "GROUP", "mqbridge", "crashed",
+                                                    "COUNT", "3", "STREAMS", stream, ">", NULL}));
+    xadd(rc, stream, (const char *[]){"payload", "new", NULL}, 0, ids[3], 48);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+
+    struct rule *patient = inbound_make(
+        c, (const char *[]){"stream", stream, "consumer", "live", "claim_idle_ms", "60000", NULL});
+    struct source *s = src_open(c, patient);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 1000), 1);
+    assert_payload(recs[0], "new");
+    src_ack(s, recs, 1);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 100), 0);
+    pending_of(rc, stream, "mqbridge", ids[0], consumer, sizeof consumer, &deliveries);
+    ck_assert_str_eq(consumer, "crashed");
+    ops->source_close(s);
+
+    struct rule *eager = inbound_make(
+        c, (const char *[]){"stream", stream, "consumer", "live", "claim_idle_ms", "100", NULL});
+    s = src_open(c, eager);
+    src_fetch_n(s, recs, 3, 50);
+    for (size_t i = 0; i < 3; i++)
+        assert_text("claimed", "id", recs[i]->id, ids[i]);
+    pending_of(rc, stream, "mqbridge", ids[0], consumer, sizeof consumer, &deliveries);
+    ck_assert_str_eq(consumer, "live");
+    ck_assert_int_eq(deliveries, 2);
+    src_ack(s, recs, 3);
+    ck_assert_int_eq(pending_count(rc, stream, "mqbridge"), 0);
+    ops->source_close(s);
+    del_keys(rc, stream, NULL);
+    redisFree(rc);
+    rule_free(c, patient);
+    rule_free(c, eager);
+    ops->destroy(c);
+}
+END_TEST
+
+/* The dead-letter copy of an entry: its fields, then source_id, reason. */
+static void assert_dead(const redisReply *entry, const char *const *fields, const char *id,
+                        const char *reason)
+{
+    const redisReply *f = entry->element[1];
+    size_t n = 0;
+    for (; fields[n] != NULL; n += 2)
+        assert_field_str(f, fields[n], fields[n + 1]);
+    ck_assert_uint_eq(f->elements, n + 4);
+    ck_assert_str_eq(f->element[n]->str, "source_id");
+    ck_assert_str_eq(f->element[n + 1]->str, id);
+    ck_assert_str_eq(f->element[n + 2]->str, "reason");
+    ck_assert_str_eq(f->element[n + 3]->str, reason);
+}
+
+/* A record the engine skipped is acknowledged and copied with its reason;
+ * an entry whose clientId holds a NUL byte never becomes a record: it is
+ * copied and acknowledged at fetch time. */
+START_TEST(test_source_dead_letter)
+{
+    char stream[128], dead[160], ids[4][48];
+    struct import_record *recs[10];
+    const char *bad_qos = "qoslevel '7' is not 0, 1 or 2";
+    unique_name(stream, sizeof stream, "in-dlq");
+    snprintf(dead, sizeof dead, "%s:dead", stream);
+    redisContext *rc = client_shared();
+    xadd(rc, stream, (const char *[]){"payload", "p0", "qoslevel", "1", NULL}, 0, ids[0], 48);
+    xadd(rc, stream, (const char *[]){"payload", "p1", "qoslevel", "7", "extra", "x", NULL}, 0,
+         ids[1], 48);
+    const char *argv[] = {"XADD", stream, "*", "payload", "p2", "clientId", "a\0b"};
+    const size_t lens[] = {4, strlen(stream), 1, 7, 2, 8, 3};
+    redisReply *x = redisCommandArgv(rc, 7, argv, lens);
+    ck_assert(x != NULL && x->type == REDIS_REPLY_STRING);
+    snprintf(ids[2], 48, "%s", x->str);
+    freeReplyObject(x);
+    xadd(rc, stream, (const char *[]){"payload", "p3", NULL}, 0, ids[3], 48);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r =
+        inbound_make(c, (const char *[]){"stream", stream, "dead_letter_stream", dead, NULL});
+    struct source *s = src_open(c, r);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 1000), 3);
+    assert_text("p0", "id", recs[0]->id, ids[0]);
+    assert_text("p1", "id", recs[1]->id, ids[1]);
+    assert_text("p3", "id", recs[2]->id, ids[3]);
+    ck_assert_int_eq(pending_count(rc, stream, "mqbridge"), 3); /* p2 is acked already */
+    skip(recs[1], bad_qos);
+    src_ack(s, recs, 3);
+    ck_assert_int_eq(pending_count(rc, stream, "mqbridge"), 0);
+
+    redisReply *d = client_cmd(rc, (const char *[]){"XRANGE", dead, "-", "+", NULL});
+    ck_assert_uint_eq(d->elements, 2);
+    const redisReply *f = d->element[0]->element[1];
+    assert_field_str(f, "payload", "p2");
+    assert_field(f, "clientId", "a\0b", 3);
+    assert_field_str(f, "source_id", ids[2]);
+    assert_field_str(f, "reason", "field 'clientId' holds a NUL byte");
+    assert_dead(d->element[1],
+                (const char *[]){"payload", "p1", "qoslevel", "7", "extra", "x", NULL}, ids[1],
+                bad_qos);
+    freeReplyObject(d);
+    ops->source_close(s);
+    s = src_open(c, r);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 100), 0);
+    ops->source_close(s);
+    del_keys(rc, stream, dead);
+    redisFree(rc);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* An entry deleted (XDEL) while pending is gone: the reopened source
+ * acknowledges it and leaves a copy with its id and the reason. */
+START_TEST(test_source_dead_letter_deleted)
+{
+    char stream[128], dead[160], ids[2][48];
+    struct import_record *recs[10];
+    unique_name(stream, sizeof stream, "in-dlq-del");
+    snprintf(dead, sizeof dead, "%s:dead", stream);
+    redisContext *rc = client_shared();
+    xadd_n(rc, stream, "f", 2, ids);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r =
+        inbound_make(c, (const char *[]){"stream", stream, "dead_letter_stream", dead, NULL});
+    struct source *s = src_open(c, r);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 1000), 2);
+    recs_free(recs, 2);
+    ops->source_close(s); /* crash */
+    ck_assert_int_eq(client_int(rc, (const char *[]){"XDEL", stream, ids[0], NULL}), 1);
+    s = src_open(c, r);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 1000), 1);
+    assert_payload(recs[0], "f1");
+    ck_assert_int_eq(pending_count(rc, stream, "mqbridge"), 1);
+    src_ack(s, recs, 1);
+    ck_assert_int_eq(pending_count(rc, stream, "mqbridge"), 0);
+    redisReply *d = client_cmd(rc, (const char *[]){"XRANGE", dead, "-", "+", NULL});
+    ck_assert_uint_eq(d->elements, 1);
+    assert_dead(d->element[0], (const char *[]){NULL}, ids[0],
+                "deleted from the stream before it was delivered");
+    freeReplyObject(d);
+    ops->source_close(s);
+    del_keys(rc, stream, dead);
+    redisFree(rc);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* No dead-letter stream, or one whose key holds a string (WRONGTYPE):
+ * skipped records are acknowledged all the same (never retried for ever). */
+START_TEST(test_source_dead_letter_broken)
+{
+    char stream[128], dead[160];
+    struct import_record *recs[10];
+    unique_name(stream, sizeof stream, "in-dlq-broken");
+    snprintf(dead, sizeof dead, "%s:dead", stream);
+    redisContext *rc = client_shared();
+    freeReplyObject(client_cmd(rc, (const char *[]){"SET", dead, "a string", NULL}));
+    xadd_n(rc, stream, "g", 2, NULL);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *with =
+        inbound_make(c, (const char *[]){"stream", stream, "dead_letter_stream", dead, NULL});
+    struct rule *without = inbound_make(c, (const char *[]){"stream", stream, NULL});
+    struct source *s = src_open(c, with);
+    ck_assert_uint_eq(src_fetch(s, recs, 1, 1000), 1);
+    skip(recs[0], "too large");
+    src_ack(s, recs, 1);
+    ops->source_close(s);
+    s = src_open(c, without);
+    ck_assert_uint_eq(src_fetch(s, recs, 1, 1000), 1);
+    assert_payload(recs[0], "g1");
+    skip(recs[0], "too large");
+    src_ack(s, recs, 1);
+    ck_assert_int_eq(pending_count(rc, stream, "mqbridge"), 0);
+    redisReply *v = client_cmd(rc, (const char *[]){"GET", dead, NULL});
+    ck_assert_str_eq(v->str, "a string");
+    freeReplyObject(v);
+    ops->source_close(s);
+    del_keys(rc, stream, dead);
+    redisFree(rc);
+    rule_free(c, with);
+    rule_free(c, without);
+    ops->destroy(c);
+}
+END_TEST
+
+/* lag = pending + unread: exact from Redis 7's group lag; an upper bound
+ * (XLEN) when Redis cannot tell (an XDEL in the unread part); 0 once
+ * everything was read and acknowledged. */
+START_TEST(test_source_lag)
+{
+    char stream[128], ids[10][48];
+    struct import_record *recs[10];
+    unique_name(stream, sizeof stream, "in-lag");
+    redisContext *rc = client_shared();
+    xadd_n(rc, stream, "l", 10, ids);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r = inbound_make(c, (const char *[]){"stream", stream, NULL});
+    struct source *s = src_open(c, r);
+    ck_assert_int_eq(ops->source_lag(s), 10);
+    ck_assert_uint_eq(src_fetch(s, recs, 4, 1000), 4);
+    ck_assert_int_eq(ops->source_lag(s), 10); /* 4 pending + 6 unread */
+    src_ack(s, recs, 4);
+    ck_assert_int_eq(ops->source_lag(s), 6);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 1000), 6);
+    src_ack(s, recs, 6);
+    ck_assert_int_eq(ops->source_lag(s), 0);
+    xadd_n(rc, stream, "more", 3, NULL);
+    ck_assert_int_eq(ops->source_lag(s), 3);
+    ops->source_close(s);
+    rule_free(c, r);
+    del_keys(rc, stream, NULL);
+
+    /* a tombstone in the unread part: Redis reports no lag */
+    unique_name(stream, sizeof stream, "in-lag-del");
+    xadd_n(rc, stream, "l", 10, ids);
+    ck_assert_int_eq(client_int(rc, (const char *[]){"XDEL", stream, ids[5], NULL}), 1);
+    r = inbound_make(c, (const char *[]){"stream", stream, NULL});
+    s = src_open(c, r);
+    ck_assert_int_eq(ops->source_lag(s), 9);
+    ck_assert_uint_eq(src_fetch(s, recs, 3, 1000), 3);
+    src_ack(s, recs, 3);
+    int64_t lag = ops->source_lag(s);
+    ck_assert_msg(lag >= 6 && lag <= 9, "lag %" PRId64 " (6 unread)", lag);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 1000), 6);
+    src_ack(s, recs, 6);
+    ck_assert_int_eq(ops->source_lag(s), 0);
+    ops->source_close(s);
+    del_keys(rc, stream, NULL);
+    redisFree(rc);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* ---- inbound: pubsub mode -------------------------------------------------- */
+
+/* Messages published while subscribed arrive (payload only, binary safe,
+ * in order); one published while closed is lost: best effort. */
+START_TEST(test_source_pubsub)
+{
+    char chan[128], err[256];
+    struct import_record *recs[10];
+    unique_name(chan, sizeof chan, "in-chan");
+    redisContext *rc = client_shared();
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r = inbound_make(c, (const char *[]){"mode", "pubsub", "channel", chan, NULL});
+    struct source *s = src_open(c, r);
+    const char *argv[] = {"PUBLISH", chan, "a\0b"};
+    const size_t lens[] = {7, strlen(chan), 3};
+    redisReply *p = redisCommandArgv(rc, 3, argv, lens);
+    ck_assert(p != NULL && p->type == REDIS_REPLY_INTEGER && p->integer == 1);
+    freeReplyObject(p);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 2000), 1);
+    ck_assert_uint_eq(recs[0]->payload_len, 3);
+    ck_assert_mem_eq(recs[0]->payload, "a\0b", 3);
+    ck_assert(recs[0]->sub_topic == NULL && recs[0]->qos == NULL && recs[0]->client_id == NULL);
+    src_ack(s, recs, 1); /* nothing to acknowledge: OK */
+    const char *three[] = {"one", "two", "three"};
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_int_eq(client_int(rc, (const char *[]){"PUBLISH", chan, three[i], NULL}), 1);
+    src_fetch_n(s, recs, 3, 1000);
+    for (size_t i = 0; i < 3; i++)
+        assert_payload(recs[i], three[i]);
+    recs_free(recs, 3);
+    ck_assert_int_eq(ops->source_lag(s), -1);
+    ops->source_close(s);
+
+    ck_assert_int_eq(client_int(rc, (const char *[]){"PUBLISH", chan, "lost", NULL}), 0);
+    s = src_open(c, r);
+    ck_assert_int_eq(client_int(rc, (const char *[]){"PUBLISH", chan, "after", NULL}), 1);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 2000), 1);
+    assert_payload(recs[0], "after");
+    recs_free(recs, 1);
+    double t0 = now_s();
+    size_t n = 9;
+    ck_assert_int_eq(ops->source_fetch(s, recs, 10, &n, 200, err, sizeof err), CONNECTOR_OK);
+    ck_assert_uint_eq(n, 0);
+    ck_assert(now_s() - t0 >= 0.15 && now_s() - t0 < 1.5);
+    ops->source_close(s);
+    redisFree(rc);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* ---- inbound: outage ---------------------------------------------------------- */
+
+/* Unreachable: open RETRY at once. Frozen: fetch RETRY after the command
+ * timeout plus the block. Gone: ack and Pub/Sub fetch RETRY, open RETRY.
+ * Restarted on the same port: open and fetch work again. */
+START_TEST(test_source_retry_and_recovery)
+{
+    char url[128], stream[128], err[512];
+    struct import_record *recs[10];
+    struct source *s = NULL;
+    size_t n;
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", free_port());
+    struct connector *c = conn_make(url, "300", "500");
+    struct rule *r = inbound_make(c, (const char *[]){"stream", "s", NULL});
+    double t0 = now_s();
+    ck_assert_int_eq(ops->source_open(c, r, &s, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert(s == NULL && now_s() - t0 < 1.0);
+    ck_assert_msg(strstr(err, "cannot connect to 127.0.0.1:"), "err: %s", err);
+    rule_free(c, r);
+    ops->destroy(c);
+
+    ck_assert_msg(priv_dir[0] != '\0', "mkdtemp failed");
+    priv_port = free_port();
+    priv_start();
+    snprintf(url, sizeof url, "redis://:%s@127.0.0.1:%d", priv_password, priv_port);
+    unique_name(stream, sizeof stream, "in-outage");
+    c = conn_make(url, "300", "500");
+    r = inbound_make(c, (const char *[]){"stream", stream, NULL});
+    struct rule *rp = inbound_make(c, (const char *[]){"mode", "pubsub", "channel", "ch", NULL});
+    redisContext *rc = client_at("127.0.0.1", priv_port, priv_password);
+    s = src_open(c, r);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 100), 0); /* past the pending and claim reads */
+    ck_assert_int_eq(kill(priv_pid, SIGSTOP), 0);
+    t0 = now_s();
+    ck_assert_int_eq(ops->source_fetch(s, recs, 10, &n, 200, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_uint_eq(n, 0);
+    double took = now_s() - t0;
+    ck_assert_msg(took >= 0.6 && took < 2.5, "RETRY after %.2f s", took);
+    ck_assert_msg(strstr(err, "XREADGROUP"), "err: %s", err);
+    ops->source_close(s);
+    ck_assert_int_eq(kill(priv_pid, SIGCONT), 0);
+
+    s = src_open(c, r);
+    struct source *sp = src_open(c, rp);
+    xadd_n(rc, stream, "o", 2, NULL);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 1000), 2);
+    priv_kill();
+    recs[0]->outcome = recs[1]->outcome = IMPORT_PUBLISHED;
+    ck_assert_int_eq(ops->source_ack(s, recs, 2, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_msg(strstr(err, "XACK"), "err: %s", err);
+    recs_free(recs, 2);
+    ck_assert_int_eq(ops->source_fetch(sp, recs, 10, &n, 1000, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(ops->source_lag(s), -1);
+    ops->source_close(s);
+    ops->source_close(sp);
+    ck_assert_int_eq(ops->source_open(c, r, &s, err, sizeof err), CONNECTOR_RETRY);
+    redisFree(rc);
+
+    priv_start(); /* no persistence: empty */
+    rc = client_at("127.0.0.1", priv_port, priv_password);
+    s = src_open(c, r);
+    xadd_n(rc, stream, "back", 1, NULL);
+    ck_assert_uint_eq(src_fetch(s, recs, 10, 1000), 1);
+    assert_payload(recs[0], "back0");
+    src_ack(s, recs, 1);
+    ops->source_close(s);
+    redisFree(rc);
+    rule_free(c, r);
+    rule_free(c, rp);
+    ops->destroy(c);
+    priv_kill();
+}
+END_TEST
+
+/* ---- inbound: throughput ---------------------------------------------------- */
+
+START_TEST(test_source_throughput)
+{
+    enum { N = 100000, BATCH = 1000, PUBSUB_N = 20000 };
+    char stream[128], chan[128], payload[65];
+    static struct import_record *recs[BATCH];
+    memset(payload, 'p', 64);
+    payload[64] = '\0';
+    unique_name(stream, sizeof stream, "in-perf");
+    redisContext *rc = client_shared();
+    for (size_t i = 0; i < N; i++) {
+        const char *argv[] = {"XADD", stream, "*", "payload", payload};
+        ck_assert_int_eq(redisAppendCommandArgv(rc, 5, argv, NULL), REDIS_OK);
+    }
+    for (size_t i = 0; i < N; i++) {
+        redisReply *x = NULL;
+        ck_assert_int_eq(redisGetReply(rc, (void **)&x), REDIS_OK);
+        freeReplyObject(x);
+    }
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r = inbound_make(c, (const char *[]){"stream", stream, NULL});
+    struct source *s = src_open(c, r);
+    size_t got = 0;
+    double t0 = now_s();
+    while (got < N) {
+        size_t n = src_fetch(s, recs, BATCH, 1000);
+        ck_assert_uint_gt(n, 0);
+        ck_assert_uint_eq(recs[0]->payload_len, 64);
+        got += n;
+        src_ack(s, recs, n);
+    }
+    double took = now_s() - t0;
+    printf("redis source: %d entries of 64 bytes, fetch + XACK in batches of %d: %.2f s, %.0f "
+           "records/s\n",
+           N, BATCH, took, N / took);
+    ck_assert_int_eq(pending_count(rc, stream, "mqbridge"), 0);
+    ck_assert_int_eq(ops->source_lag(s), 0);
+    ops->source_close(s);
+    rule_free(c, r);
+    del_keys(rc, stream, NULL);
+
+    unique_name(chan, sizeof chan, "in-perf-chan");
+    r = inbound_make(c, (const char *[]){"mode", "pubsub", "channel", chan, NULL});
+    s = src_open(c, r);
+    t0 = now_s();
+    for (size_t i = 0; i < PUBSUB_N; i++) {
+        const char *argv[] = {"PUBLISH", chan, payload};
+        ck_assert_int_eq(redisAppendCommandArgv(rc, 3, argv, NULL), REDIS_OK);
+    }
+    for (size_t i = 0; i < PUBSUB_N; i++) {
+        redisReply *x = NULL;
+        ck_assert_int_eq(redisGetReply(rc, (void **)&x), REDIS_OK);
+        ck_assert_int_eq(x->integer, 1);
+        freeReplyObject(x);
+    }
+    for (got = 0; got < PUBSUB_N;) {
+        size_t n = src_fetch(s, recs, BATCH, 1000);
+        ck_assert_uint_gt(n, 0);
+        got += n;
+        src_ack(s, recs, n);
+    }
+    took = now_s() - t0;
+    printf("redis source: %d Pub/Sub messages of 64 bytes (PUBLISH + fetch): %.2f s, %.0f "
+           "records/s\n",
+           PUBSUB_N, took, PUBSUB_N / took);
+    ck_assert_uint_eq(got, PUBSUB_N);
+    ops->source_close(s);
+    redisFree(rc);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
 static Suite *redis_suite(void)
 {
     Suite *s = suite_create("redis");
@@ -982,6 +1846,8 @@ static Suite *redis_suite(void)
     tcase_add_loop_test(tc, test_settings_validation, 0,
                         sizeof settings_cases / sizeof settings_cases[0]);
     tcase_add_loop_test(tc, test_rule_validation, 0, sizeof rule_cases / sizeof rule_cases[0]);
+    tcase_add_loop_test(tc, test_inbound_validation, 0,
+                        sizeof inbound_cases / sizeof inbound_cases[0]);
     suite_add_tcase(s, tc);
     tc = tcase_create("server");
     tcase_set_timeout(tc, 60);
@@ -999,6 +1865,19 @@ static Suite *redis_suite(void)
     tcase_add_unchecked_fixture(tc, priv_setup, priv_teardown);
     tcase_add_test(tc, test_outage_and_recovery);
     tcase_add_test(tc, test_auth_unix_noscript);
+    tcase_add_test(tc, test_source_retry_and_recovery);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("source");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_source_stream_fields);
+    tcase_add_test(tc, test_source_crash_redelivery);
+    tcase_add_test(tc, test_source_claim);
+    tcase_add_test(tc, test_source_dead_letter);
+    tcase_add_test(tc, test_source_dead_letter_deleted);
+    tcase_add_test(tc, test_source_dead_letter_broken);
+    tcase_add_test(tc, test_source_lag);
+    tcase_add_test(tc, test_source_pubsub);
+    tcase_add_test(tc, test_source_throughput);
     suite_add_tcase(s, tc);
     return s;
 }
