@@ -429,12 +429,13 @@ static int redis_compile_mode(const struct rule *r, struct redis_target *t, char
 static int redis_compile_fields(const struct rule *r, struct redis_target *t, char *err,
                                 size_t errlen)
 {
-    char why[256];
+    char where[96];
     uint64_t maxlen;
     const char *keyname = r->type == RULE_STATUS ? "stream" : "key";
     const struct kv *item = kv_find(r->options, keyname);
-    if (template_compile(item->value, &t->key, why, sizeof why) != 0)
-        return kv_error(err, errlen, r->options, item, "rule '%s': %s: %s", r->name, keyname, why);
+    snprintf(where, sizeof where, "rule '%s'", r->name);
+    if (template_compile_kv(item, where, &t->key, err, errlen) != 0)
+        return -1;
     if ((item = kv_find(r->options, "maxlen")) != NULL) {
         if (t->mode != REDIS_STREAM)
             return kv_error(err, errlen, r->options, item,
