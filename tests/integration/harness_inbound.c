@@ -18,7 +18,6 @@
 #define IN_POLL_MS 20     /* polling period of the log and the subscribers */
 #define IN_BIG 65536      /* the largest payload the instance accepts */
 #define IN_KILL_AFTER 150 /* kill -9 once the subscriber got this many */
-#define IN_KILL_CAP 3000  /* records added at most before the kill */
 
 /* ---- lists, payloads, batches ---- */
 
@@ -104,32 +103,43 @@ static void in_batch_free(struct in_batch *bt)
 
 /* ---- the broker ---- */
 
-/* The whole extra YAML: connector, the inbound rule, export settings. */
-static void in_write_yaml(struct in_source *s, struct buf *yaml)
+static void in_yaml_text(struct buf *yaml, const char *text)
 {
-    const char *parts[] = {"connectors:\n  " IN_CONNECTOR ": { ", NULL,
-                           " }\nrules:\n  - name: " IN_RULE "\n    type: inbound\n"
-                           "    source: { connector: " IN_CONNECTOR ", ",
-                           NULL, " }\n    target: { topic: " IN_PARENT " }\n" IN_EXPORT_YAML};
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        if (parts[i])
-            buf_append(yaml, parts[i], strlen(parts[i]));
-        else if (i == 1)
-            s->write_connector(s, yaml);
-        else
-            s->write_source(s, yaml);
-    }
-    buf_append(yaml, "", 1);
+    ck_assert(buf_append(yaml, text, strlen(text)) == 0);
 }
 
-/* Wait for the importer's "reading from" line written after byte from. */
+/* The whole extra YAML, NUL-terminated: connector, the inbound rule,
+ * export settings. */
+static void in_write_yaml(struct in_source *s, struct buf *yaml)
+{
+    in_yaml_text(yaml, "connectors:\n  " IN_CONNECTOR ": { ");
+    s->write_connector(s, yaml);
+    in_yaml_text(yaml, " }\nrules:\n"
+                       "  - name: " IN_RULE "\n"
+                       "    type: inbound\n"
+                       "    source: { connector: " IN_CONNECTOR ", ");
+    s->write_source(s, yaml);
+    in_yaml_text(yaml, " }\n"
+                       "    target: { topic: " IN_PARENT " }\n" IN_EXPORT_YAML);
+    ck_assert(buf_append(yaml, "", 1) == 0);
+}
+
+/* Wait for the importer's "reading from" line written after byte from;
+ * fail at once when the rule cannot have a source. */
 static void in_wait_reading(const struct it_broker *b, long from)
 {
     char line[512];
-    ck_assert_msg(ex_log_wait(b, from, "inbound rule " IN_RULE ": reading from", NULL, line,
-                              sizeof line, IN_FLOW_MS),
-                  "inbound rule " IN_RULE " did not open its source within %d ms (see the log)",
-                  IN_FLOW_MS);
+    int64_t deadline = it_now_ms() + IN_FLOW_MS;
+    while (!ex_log_wait(b, from, "inbound rule " IN_RULE ": reading from", NULL, line, sizeof line,
+                        0)) {
+        ck_assert_msg(!ex_log_wait(b, from, "inbound rule " IN_RULE ":", "cannot be a source", line,
+                                   sizeof line, 0),
+                      "%s", line);
+        ck_assert_msg(it_now_ms() < deadline,
+                      "inbound rule " IN_RULE " did not open its source within %d ms (see the log)",
+                      IN_FLOW_MS);
+        poll(NULL, 0, IN_POLL_MS);
+    }
 }
 
 /* Start mqbridge with the source's rule; with wait_source, return once the
@@ -182,9 +192,9 @@ static void in_stats_read(const struct it_broker *b, struct in_stats *st)
     ck_assert_msg(ex_log_wait(b, from, "stats: inbound rule " IN_RULE " ", NULL, st->line,
                               sizeof st->line, IT_WAIT_MS),
                   "no 'stats: inbound rule " IN_RULE "' line in the broker log after SIGUSR1");
-    const char *names[] = {"received", "published", "skipped", "bad_qos", "too_large",
-                           "bad_topic", "bad_client_id"};
-    uint64_t *vals[] = {&st->received, &st->published, &st->skipped,      &st->bad_qos,
+    const char *names[] = {"received",  "published", "skipped",      "bad_qos",
+                           "too_large", "bad_topic", "bad_client_id"};
+    uint64_t *vals[] = {&st->received,  &st->published, &st->skipped,      &st->bad_qos,
                         &st->too_large, &st->bad_topic, &st->bad_client_id};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         ck_assert_msg(in_stats_value(st->line, names[i], vals[i]), "stats line without %s=: %s",
@@ -202,8 +212,10 @@ static void in_client_open(struct it_client *c, const struct it_broker *b, const
     snprintf(id, sizeof id, IN_GROUP "@@@%s", dev);
     struct it_connect_opts o = {.client_id = id, .clean = clean};
     ck_assert_msg(it_client_open(c, b->port, &o) == 0, "%s: no CONNACK 0", id);
-    ck_assert_msg(c->session_present == want_sp, "%s: session present %d, want %d", id,
-                  c->session_present, want_sp);
+    pthread_mutex_lock(&c->mu);
+    bool sp = c->session_present;
+    pthread_mutex_unlock(&c->mu);
+    ck_assert_msg(sp == want_sp, "%s: session present %d, want %d", id, sp, want_sp);
     if (filter)
         ck_assert_msg(it_client_subscribe(c, filter, qos) == qos, "%s: %s not granted at QoS %d",
                       id, filter, qos);
@@ -296,8 +308,8 @@ void in_scenario_offline(struct in_source *s)
 static const struct {
     const char *sub, *qos, *client;
 } in_online_recs[] = {
-    {"alpha", "0", NULL},          {"alpha/beta", "1", NULL}, {NULL, "2", NULL},
-    {"alpha", NULL, NULL},         {"beta", "2", NULL},       {NULL, "1", IN_GROUP "@@@d1"},
+    {"alpha", "0", NULL},           {"alpha/beta", "1", NULL}, {NULL, "2", NULL},
+    {"alpha", NULL, NULL},          {"beta", "2", NULL},       {NULL, "1", IN_GROUP "@@@d1"},
     {NULL, NULL, IN_GROUP "@@@d1"}, {"alpha", "1", NULL},
 };
 #define IN_ONLINE_N (sizeof in_online_recs / sizeof in_online_recs[0])
@@ -354,8 +366,8 @@ static bool in_online_all_there(void *ctx)
  * nothing else arrives. */
 static void in_online_expect(struct it_client *c, enum in_who who, const struct in_batch *bt)
 {
-    static const char *const names[] = {"subscriber of Commands/#",
-                                        "subscriber of Commands/alpha", "P2P target d1"};
+    static const char *const names[] = {"subscriber of Commands/#", "subscriber of Commands/alpha",
+                                        "P2P target d1"};
     struct in_online_wait w = {c, who, bt};
     char topic[128];
     ssize_t last[3] = {-1, -1, -1};
@@ -459,23 +471,29 @@ static size_t in_kill_tally(struct it_client *const *cs, size_t ncs, uint32_t pr
     return missing;
 }
 
-/* Records flow to the subscriber while more are added, 100 at a time;
- * SIGKILL right after a chunk was added, once the subscriber got at least
- * IN_KILL_AFTER of them and not all. */
+/* Records flow to the subscriber while more are added, 100 at a time
+ * whenever fewer than 100 are on their way; SIGKILL once the subscriber
+ * got at least IN_KILL_AFTER of them and not all. */
 static void in_kill_mid_stream(struct in_kill *k, struct it_broker *b, struct it_client *c)
 {
-    while (k->produced < IN_KILL_CAP) {
-        in_kill_produce(k, 100);
+    int64_t deadline = it_now_ms() + IN_FLOW_MS;
+    for (;;) {
         size_t got = it_client_count(c);
         if (got >= IN_KILL_AFTER && got < k->produced) {
             it_broker_kill9(b);
-            fprintf(stderr, "NOTE: %s: kill -9 with %u records added, %zu delivered\n",
-                    k->s->type, (unsigned)k->produced, got);
+            fprintf(stderr, "NOTE: %s: kill -9 with %u records added, %zu delivered\n", k->s->type,
+                    (unsigned)k->produced, got);
             return;
         }
+        ck_assert_msg(it_now_ms() < deadline,
+                      "the subscriber got %zu of %u records within %d ms: no moment to kill "
+                      "mid-stream",
+                      got, (unsigned)k->produced, IN_FLOW_MS);
+        if (got + 100 > k->produced)
+            in_kill_produce(k, 100);
+        else
+            poll(NULL, 0, 1); /* the polling period */
     }
-    ck_abort_msg("no moment to kill mid-stream: %u records added, the subscriber got %zu",
-                 (unsigned)k->produced, it_client_count(c));
 }
 
 void in_scenario_kill9(struct in_source *s)
@@ -604,12 +622,12 @@ static void in_mal_expect_dead(struct in_source *s, const struct in_batch *bt)
                 d = &dead.v[j];
             }
         const char *kw = in_mal_recs[i].keyword;
-        ck_assert_msg(found == (kw ? 1u : 0u), "record %zu ('%.12s', %zu bytes) is %zu times in "
-                      "the dead letters, want %d", i, (const char *)bt->rec[i].payload,
-                      bt->rec[i].len, found, kw ? 1 : 0);
+        ck_assert_msg(found == (kw ? 1u : 0u),
+                      "record %zu ('%.12s', %zu bytes) is %zu times in the dead letters, want %d",
+                      i, (const char *)bt->rec[i].payload, bt->rec[i].len, found, kw ? 1 : 0);
         if (kw)
-            ck_assert_msg(strstr(d->reason, kw), "record %zu: dead-letter reason '%s' does not "
-                          "mention '%s'", i, d->reason, kw);
+            ck_assert_msg(strstr(d->reason, kw), "record %zu: dead-letter reason '%s' lacks '%s'",
+                          i, d->reason, kw);
     }
     in_deads_clear(&dead);
     free(dead.v);
@@ -664,17 +682,15 @@ void in_scenario_source_down(struct in_source *s)
     /* MQTT is served while the source is unreachable */
     in_client_open(&sub, &b, "sub", true, false, IN_PARENT "/#", 1);
     in_client_open(&pub, &b, "pub", true, false, NULL, 0);
-    ck_assert(it_client_publish(&pub, IN_PARENT "/live", "while the source is down", 1, false) ==
-              0);
-    ck_assert_msg(it_client_wait_published(&pub, 1, IT_WAIT_MS), "no PUBACK while the source is "
-                                                                 "down");
+    const char *live = "while the source is down";
+    ck_assert(it_client_publish(&pub, IN_PARENT "/live", live, 1, false) == 0);
+    ck_assert_msg(it_client_wait_published(&pub, 1, IT_WAIT_MS), "no PUBACK: %s", live);
     in_client_wait(&sub, 1, "the subscriber");
-    in_expect_msg(&sub, 0, "the subscriber", IN_PARENT "/live", "while the source is down",
-                  strlen("while the source is down"), 1);
+    in_expect_msg(&sub, 0, "the subscriber", IN_PARENT "/live", live, strlen(live), 1);
     ck_assert_msg(b.pid > 0 && kill(b.pid, 0) == 0, "mqbridge is gone");
     ex_services_ctl("start", s->service);
-    /* from the start of the log: a source that opens without its server
-     * (a Kafka consumer) said so before */
+    /* the first "reading from" of the log: the source cannot open while
+     * its server is down */
     in_wait_reading(&b, 0);
     in_batch_make(&bt, "down", 0, 50);
     for (size_t i = 0; i < bt.n; i++)

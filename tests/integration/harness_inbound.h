@@ -23,9 +23,9 @@
  *                          with bad characters, a payload over 64 KB, a P2P
  *                          target of an undeclared group: each is skipped
  *                          and counted by reason (SIGUSR1 stats), the good
- *                          records around them arrive, and where the source
- *                          has dead letters each skipped record is there
- *                          with its reason;
+ *                          records around them arrive (one of exactly
+ *                          64 KB), and each skipped record is in the
+ *                          source's dead letters once, with its reason;
  *   in_scenario_source_down the source's server is stopped before mqbridge
  *                          starts: MQTT is served meanwhile; once the
  *                          server is started again, records flow.

@@ -25,8 +25,8 @@ struct kf_source {
     rd_kafka_t *producer;
     rd_kafka_t *consumer; /* of the dead-letter topic; NULL until read */
     char topic[96], group[96], dead[96];
-    int failed;            /* delivery reports with an error */
-    struct in_deads seen;  /* dead letters consumed so far */
+    int failed;           /* delivery reports with an error */
+    struct in_deads seen; /* dead letters consumed so far */
 };
 
 static void kf_conf(rd_kafka_conf_t *conf, const char *name, const char *value)
@@ -93,7 +93,13 @@ static void kf_write_connector(struct in_source *s, struct buf *yaml)
 {
     struct kf_source *k = s->ctx;
     char text[512];
-    int n = snprintf(text, sizeof text, "type: kafka, brokers: \"%s\"", k->brokers);
+    /* A consumer killed with -9 stays in its group until its session
+     * times out (librdkafka's default: 45 s); the restarted one gets
+     * partitions only then. The broker's minimum keeps the wait short. */
+    int n = snprintf(text, sizeof text,
+                     "type: kafka, brokers: \"%s\", options: { session.timeout.ms: 6000,"
+                     " heartbeat.interval.ms: 1000 }",
+                     k->brokers);
     ck_assert(n > 0 && (size_t)n < sizeof text);
     buf_append(yaml, text, (size_t)n);
 }
@@ -124,10 +130,11 @@ static void kf_produce(struct in_source *s, const struct in_rec *recs, size_t n)
         kf_header(h, "qoslevel", recs[i].qos);
         kf_header(h, "clientId", recs[i].client_id);
         rd_kafka_resp_err_t e;
-        while ((e = rd_kafka_producev(
-                    k->producer, RD_KAFKA_V_TOPIC(k->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                    RD_KAFKA_V_VALUE((void *)recs[i].payload, recs[i].len),
-                    RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        while ((e = rd_kafka_producev(k->producer, RD_KAFKA_V_TOPIC(k->topic),
+                                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                      RD_KAFKA_V_VALUE((void *)recs[i].payload, recs[i].len),
+                                      RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END)) ==
+               RD_KAFKA_RESP_ERR__QUEUE_FULL)
             rd_kafka_poll(k->producer, 10); /* serve delivery reports, then again */
         ck_assert_msg(e == RD_KAFKA_RESP_ERR_NO_ERROR, "produce to %s: %s", k->topic,
                       rd_kafka_err2str(e));

@@ -68,8 +68,8 @@ static void pgs_prepare(struct in_source *s, bool ordered)
     snprintf(p->dead, sizeof p->dead, "outbox_%s_dead", name);
     free(p->insert);
     free(p->select_dead);
-    p->insert = pgs_sql(p, "INSERT INTO %s (topic, qos, client_id, payload) VALUES ($1, $2, $3, $4)",
-                        p->table);
+    p->insert = pgs_sql(
+        p, "INSERT INTO %s (topic, qos, client_id, payload) VALUES ($1, $2, $3, $4)", p->table);
     p->select_dead = pgs_sql(p, "SELECT payload, reason FROM %s", p->dead);
 }
 

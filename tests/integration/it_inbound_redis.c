@@ -71,9 +71,9 @@ static void rd_write_source(struct in_source *s, struct buf *yaml)
 {
     struct rd_source *r = s->ctx;
     char text[512];
-    int n = snprintf(text, sizeof text,
-                     "mode: stream, stream: %s, group: mqb, dead_letter_stream: %s", r->stream,
-                     r->dead);
+    int n =
+        snprintf(text, sizeof text, "mode: stream, stream: %s, group: mqb, dead_letter_stream: %s",
+                 r->stream, r->dead);
     ck_assert(n > 0 && (size_t)n < sizeof text);
     buf_append(yaml, text, (size_t)n);
 }
@@ -109,8 +109,8 @@ static void rd_produce(struct in_source *s, const struct in_rec *recs, size_t n)
         rd_append_xadd(r, &recs[i]);
     for (size_t i = 0; i < n; i++) {
         redisReply *rep = NULL;
-        ck_assert_msg(redisGetReply(r->ctx, (void **)&rep) == REDIS_OK && rep,
-                      "XADD %s: %s", r->stream, r->ctx->errstr);
+        ck_assert_msg(redisGetReply(r->ctx, (void **)&rep) == REDIS_OK && rep, "XADD %s: %s",
+                      r->stream, r->ctx->errstr);
         ck_assert_msg(rep->type == REDIS_REPLY_STRING, "XADD %s: %s", r->stream,
                       rep->type == REDIS_REPLY_ERROR ? rep->str : "not an id");
         freeReplyObject(rep);
@@ -122,7 +122,8 @@ static const redisReply *rd_field(const redisReply *fields, const char *name)
 {
     for (size_t i = 0; fields && i + 1 < fields->elements; i += 2) {
         const redisReply *f = fields->element[i];
-        if (f->type == REDIS_REPLY_STRING && f->len == strlen(name) && !memcmp(f->str, name, f->len))
+        if (f->type == REDIS_REPLY_STRING && f->len == strlen(name) &&
+            !memcmp(f->str, name, f->len))
             return fields->element[i + 1];
     }
     return NULL;
