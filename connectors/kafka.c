@@ -14,15 +14,34 @@
  * records go to one partition, and the idempotent producer keeps their
  * order across internal retries (enable.idempotence=true by default).
  *
+ * Source (inbound rules): one consumer per rule, in the rule's group, with
+ * automatic commits and offset stores off. Offsets are committed only by
+ * source_ack(), i.e. after the engine published the batch and the broker's
+ * store committed it, never before (LANDSCAPE.md P-4). The commit for a
+ * partition is the offset of the batch's last record there plus one.
+ * Examples, for a batch 0@5 2@9 0@6 (partition@offset):
+ *   all PUBLISHED                      -> commit {0: 7, 2: 10}, OK
+ *   0@5 SKIPPED, dead_letter_topic set -> a copy of 0@5 with header `reason`
+ *                                         is delivered there, then the commit
+ *   dead-letter topic not reachable    -> RETRY, nothing committed: the
+ *                                         whole batch comes again
+ *   partition 2 revoked meanwhile      -> commit {0: 7}; 2@9 goes again to
+ *                                         the partition's new owner
+ *   crash before the ack               -> nothing committed: all comes again
+ *
  * Threads: create/compile run on the engine loop and do no network I/O
- * (create builds a throwaway producer without brokers only to validate the
- * librdkafka configuration). open/export/close run on the connector thread;
- * delivery reports are served there too (rd_kafka_poll), so the batch state
- * needs no lock. */
+ * (create and compile build throwaway clients without brokers only to
+ * validate the librdkafka configuration). open/export/close run on the
+ * connector thread; delivery reports are served there too (rd_kafka_poll),
+ * so the batch state needs no lock. Each source lives on its rule's import
+ * thread with its own consumer and dead-letter producer, whose callbacks
+ * (rebalance, delivery reports) are served on that thread; the connector
+ * is only read there (its configurations, name and timeouts). */
 #include "connector.h"
 
 #include <inttypes.h>
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,11 +56,17 @@ enum {
     KAFKA_REPORT_MARGIN_MS = 5000,   /* waited beyond message.timeout.ms */
     KAFKA_PURGE_WAIT_MS = 2000,      /* for the reports of purged messages */
     KAFKA_TOPIC_MAX = 249,
+    KAFKA_GROUP_MAX = 255,
+    KAFKA_COMMIT_WAIT_MS = 10000, /* for the answer to an offset commit */
+    KAFKA_CLOSE_WAIT_MS = 5000,   /* for a consumer to leave its group */
+    KAFKA_LAG_WAIT_MS = 1000,     /* per query made by source_lag() */
 };
 
 static const struct kv_key kafka_settings[] = {
     {"brokers", KV_SCALAR, KV_REQUIRED, "bootstrap brokers: host:port[,host:port...]"},
-    {"options", KV_MAP, 0, "librdkafka producer properties, applied after the defaults"},
+    {"options", KV_MAP, 0,
+     "librdkafka properties, applied after the defaults (producer-only ones are left out of "
+     "the source's consumers)"},
     {"connect_timeout_ms", KV_SCALAR, 0,
      "how long open() waits for the cluster's metadata (default 5000)"},
     {NULL, KV_SCALAR, 0, NULL},
@@ -51,6 +76,67 @@ static const struct kv_key kafka_target_keys[] = {
     {"topic", KV_SCALAR, KV_REQUIRED, "Kafka topic: a name or a template (\"iot-${group}\")"},
     {"key", KV_SCALAR, 0, "record key template (default \"${clientid}\")"},
     {NULL, KV_SCALAR, 0, NULL},
+};
+
+/* An inbound rule's `source` (besides `connector`). */
+static const struct kv_key kafka_source_keys[] = {
+    {"topic", KV_SCALAR, KV_REQUIRED, "the Kafka topic to read: a literal name"},
+    {"group", KV_SCALAR, KV_REQUIRED, "the consumer group (group.id) that owns the offsets"},
+    {"dead_letter_topic", KV_SCALAR, 0, "where records the engine skipped are copied"},
+    {"offset_reset", KV_SCALAR, 0,
+     "where a group without committed offsets starts: earliest (default) or latest"},
+    {NULL, KV_SCALAR, 0, NULL},
+};
+
+/* An inbound rule's `target` has nothing for Kafka besides `topic`. */
+static const struct kv_key kafka_no_keys[] = {
+    {NULL, KV_SCALAR, 0, NULL},
+};
+
+/* librdkafka's producer-only properties (scope P): the source's consumers
+ * leave them out of the defaults and of `options`. */
+static const char *const kafka_producer_only[] = {
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "retry.backoff.ms",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+    "partitioner",
+};
+
+/* Consumer properties the source sets itself: refused in `options`. */
+static const struct {
+    const char *name, *value, *why;
+} kafka_source_fixed[] = {
+    {"enable.auto.commit", "false", "offsets are committed after the broker stored the batch"},
+    {"enable.auto.offset.store", "false",
+     "offsets are committed after the broker stored the batch"},
+    {"isolation.level", "read_committed", "records of aborted transactions are never read"},
+    {"enable.partition.eof", "false", "the end of a partition is not an event"},
+    {"group.id", NULL, "set `group` in the inbound rule's source"},
+    {"auto.offset.reset", NULL, "set `offset_reset` in the inbound rule's source"},
+    {"group.instance.id", NULL, "static membership is not supported (one id per consumer)"},
 };
 
 /* Applied before the user's `options`, which may override any of them. */
@@ -77,7 +163,8 @@ struct kafka_slot {
 struct kafka_conn {
     char *name;
     char *brokers;
-    rd_kafka_conf_t *conf; /* validated; duplicated by each open() */
+    rd_kafka_conf_t *conf;     /* validated; duplicated by each open() and dead-letter producer */
+    rd_kafka_conf_t *src_conf; /* the consumers' base; completed per rule by compile() */
     int connect_timeout_ms;
     int report_wait_ms; /* message.timeout.ms + margin */
     rd_kafka_t *rk;     /* NULL while closed */
@@ -92,10 +179,21 @@ struct kafka_conn {
     struct buf topic, key; /* rendering scratch, NUL-terminated */
 };
 
+/* An inbound rule's source, compiled: read-only once made. */
+struct kafka_inbound {
+    char *topic, *group;
+    char *dead_letter;     /* NULL: skipped records are only committed */
+    bool earliest;         /* offset_reset */
+    rd_kafka_conf_t *conf; /* the consumer's, validated; duplicated by source_open() */
+};
+
+/* What compile() makes of a rule: an export target (outbound, status) or
+ * an inbound source (in != NULL, templates NULL). */
 struct kafka_target {
     enum rule_type type;
     struct template *topic;
     struct template *key;
+    struct kafka_inbound *in;
 };
 
 static struct kafka_conn *kafka_of(struct connector *c)
@@ -112,10 +210,9 @@ static int64_t kafka_now_ms(void)
 
 /* ---- librdkafka callbacks ----------------------------------------------- */
 
-/* syslog levels as librdkafka uses them */
-static void kafka_on_log(const rd_kafka_t *rk, int level, const char *fac, const char *text)
+/* level: syslog levels as librdkafka uses them; who names the client. */
+static void kafka_log(int level, const char *who, const char *fac, const char *text)
 {
-    const struct kafka_conn *kc = rd_kafka_opaque(rk);
     enum log_level l = level <= 3   ? LOG_ERROR
                        : level == 4 ? LOG_WARN
                        : level == 5 ? LOG_NOTICE
@@ -123,7 +220,15 @@ static void kafka_on_log(const rd_kafka_t *rk, int level, const char *fac, const
                                     : LOG_DEBUG;
     if (l == LOG_DEBUG && log_get_level() > LOG_DEBUG)
         return;
-    log_msg(l, "kafka '%s': %s: %s", kc ? kc->name : "?", fac, text);
+    log_msg(l, "%s: %s: %s", who, fac, text);
+}
+
+static void kafka_on_log(const rd_kafka_t *rk, int level, const char *fac, const char *text)
+{
+    const struct kafka_conn *kc = rd_kafka_opaque(rk);
+    char who[160];
+    snprintf(who, sizeof who, "kafka '%s'", kc ? kc->name : "?");
+    kafka_log(level, who, fac, text);
 }
 
 /* The throwaway validation producer has no brokers and says so: silence. */
@@ -227,6 +332,45 @@ static int kafka_conf_build(struct kafka_conn *kc, const struct kvmap *settings,
     return kafka_conf_validate(kc->conf, settings, err, errlen);
 }
 
+static bool kafka_producer_only_prop(const char *name)
+{
+    for (size_t i = 0; i < sizeof kafka_producer_only / sizeof kafka_producer_only[0]; i++)
+        if (strcmp(name, kafka_producer_only[i]) == 0)
+            return true;
+    return false;
+}
+
+/* The source consumers' base: the defaults and `options` that are not
+ * producer-only, and the brokers (all checked by kafka_conf_build already).
+ * Properties the source sets itself are refused at their position. */
+static int kafka_src_conf_build(struct kafka_conn *kc, const struct kvmap *settings, char *err,
+                                size_t errlen)
+{
+    char why[512];
+    const struct kv *o = kv_find(settings, "options");
+    const struct kvmap *opts = o ? o->map : NULL;
+    kc->src_conf = rd_kafka_conf_new();
+    for (size_t i = 0; i < sizeof kafka_defaults / sizeof kafka_defaults[0]; i++)
+        if (!kafka_producer_only_prop(kafka_defaults[i].name) &&
+            kafka_conf_put(kc->src_conf, kafka_defaults[i].name, kafka_defaults[i].value, why,
+                           sizeof why) != 0)
+            return kv_error(err, errlen, settings, NULL, "kafka default %s: %s",
+                            kafka_defaults[i].name, why);
+    if (kafka_conf_put(kc->src_conf, "bootstrap.servers", kc->brokers, why, sizeof why) != 0)
+        return kv_error(err, errlen, settings, NULL, "brokers: %s", why);
+    for (unsigned i = 0; opts != NULL && i < opts->count; i++) {
+        const struct kv *it = &opts->items[i];
+        for (size_t k = 0; k < sizeof kafka_source_fixed / sizeof kafka_source_fixed[0]; k++)
+            if (strcmp(it->key, kafka_source_fixed[k].name) == 0)
+                return kv_error(err, errlen, opts, it, "kafka option '%s': %s", it->key,
+                                kafka_source_fixed[k].why);
+        if (!kafka_producer_only_prop(it->key) &&
+            kafka_conf_put(kc->src_conf, it->key, it->value, why, sizeof why) != 0)
+            return kv_error(err, errlen, opts, it, "kafka option '%s': %s", it->key, why);
+    }
+    return 0;
+}
+
 static void kafka_destroy(struct connector *c);
 
 static int kafka_create(const char *name, const struct kvmap *settings, struct connector **out,
@@ -251,7 +395,8 @@ static int kafka_create(const char *name, const struct kvmap *settings, struct c
         goto fail;
     }
     kc->connect_timeout_ms = (int)timeout;
-    if (kafka_conf_build(kc, settings, err, errlen) != 0)
+    if (kafka_conf_build(kc, settings, err, errlen) != 0 ||
+        kafka_src_conf_build(kc, settings, err, errlen) != 0)
         goto fail;
     *out = (struct connector *)(void *)kc;
     return 0;
@@ -270,6 +415,8 @@ static void kafka_destroy(struct connector *c)
     kafka_close(c);
     if (kc->conf != NULL)
         rd_kafka_conf_destroy(kc->conf);
+    if (kc->src_conf != NULL)
+        rd_kafka_conf_destroy(kc->src_conf);
     free(kc->slots);
     buf_free(&kc->topic);
     buf_free(&kc->key);
@@ -300,9 +447,14 @@ static int kafka_template(const struct rule *r, const char *key, const char *def
 {
     char why[256];
     const struct kv *item = kv_find(r->options, key);
-    const char *text = item ? item->value : def;
-    if (template_compile(text, out, why, sizeof why) != 0)
-        return kv_error(err, errlen, r->options, item, "rule '%s': %s: %s", r->name, key, why);
+    if (item) {
+        char where[96];
+        snprintf(where, sizeof where, "rule '%s'", r->name);
+        return template_compile_kv(item, where, out, err, errlen);
+    }
+    /* the default template: an error would be ours, not the user's */
+    if (template_compile(def, out, why, sizeof why) != 0)
+        return kv_error(err, errlen, r->options, NULL, "rule '%s': %s: %s", r->name, key, why);
     return 0;
 }
 
@@ -326,6 +478,129 @@ static int kafka_check_literal_topic(const struct rule *r, const struct template
     return rc;
 }
 
+/* ---- inbound rules (engine loop) ----------------------------------------- */
+
+/* Any group name librdkafka and the brokers take, without control
+ * characters (it appears in logs). */
+static bool kafka_group_valid(const char *s)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > KAFKA_GROUP_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return false;
+    return true;
+}
+
+/* The source's consumer configuration: the connector's base, the rule's
+ * group and reset, the fixed properties. A consumer without brokers is
+ * built (no network I/O) to find clashes now rather than at open. */
+static int kafka_inbound_conf(const struct kafka_conn *kc, const struct rule *r,
+                              struct kafka_inbound *in, char *err, size_t errlen)
+{
+    char why[512];
+    in->conf = rd_kafka_conf_dup(kc->src_conf);
+    if (in->conf == NULL)
+        return kv_error(err, errlen, r->options, NULL, "rule '%s': out of memory", r->name);
+    for (size_t i = 0; i < sizeof kafka_source_fixed / sizeof kafka_source_fixed[0]; i++) {
+        const char *name = kafka_source_fixed[i].name, *value = kafka_source_fixed[i].value;
+        if (strcmp(name, "group.id") == 0)
+            value = in->group;
+        else if (strcmp(name, "auto.offset.reset") == 0)
+            value = in->earliest ? "earliest" : "latest";
+        if (value != NULL && kafka_conf_put(in->conf, name, value, why, sizeof why) != 0)
+            return kv_error(err, errlen, r->options, NULL, "rule '%s': %s: %s", r->name, name, why);
+    }
+    rd_kafka_conf_t *probe = rd_kafka_conf_dup(in->conf);
+    rd_kafka_t *rk = NULL;
+    if (probe != NULL) {
+        rd_kafka_conf_set_log_cb(probe, kafka_on_log_quiet);
+        if (kafka_conf_put(probe, "bootstrap.servers", "", why, sizeof why) == 0)
+            rk = rd_kafka_new(RD_KAFKA_CONSUMER, probe, why, sizeof why);
+        if (rk == NULL)
+            rd_kafka_conf_destroy(probe);
+    } else {
+        snprintf(why, sizeof why, "out of memory");
+    }
+    if (rk == NULL)
+        return kv_error(err, errlen, r->options, NULL, "rule '%s': kafka consumer: %s", r->name,
+                        why);
+    rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    return 0;
+}
+
+static void kafka_inbound_free(struct kafka_inbound *in)
+{
+    if (in == NULL)
+        return;
+    if (in->conf != NULL)
+        rd_kafka_conf_destroy(in->conf);
+    free(in->topic);
+    free(in->group);
+    free(in->dead_letter);
+    free(in);
+}
+
+/* The source keys and their values; the target must be empty. */
+static int kafka_inbound_check(const struct rule *r, char *err, size_t errlen)
+{
+    char where[128];
+    snprintf(where, sizeof where, "rule '%s'", r->name);
+    if (kv_check(r->options, kafka_source_keys, where, err, errlen) != 0 ||
+        kv_check(r->target_options, kafka_no_keys, where, err, errlen) != 0)
+        return -1;
+    const struct kv *topic = kv_find(r->options, "topic"), *group = kv_find(r->options, "group");
+    const struct kv *dead = kv_find(r->options, "dead_letter_topic");
+    const struct kv *reset = kv_find(r->options, "offset_reset");
+    const struct kv *names[] = {topic, dead};
+    for (int i = 0; i < 2; i++)
+        if (names[i] != NULL && !kafka_topic_valid(names[i]->value, strlen(names[i]->value)))
+            return kv_error(err, errlen, r->options, names[i],
+                            "%s: %s '%s' is not a valid Kafka topic name "
+                            "(1..249 of A-Z a-z 0-9 . _ -)",
+                            where, names[i]->key, names[i]->value);
+    if (dead != NULL && strcmp(dead->value, topic->value) == 0)
+        return kv_error(err, errlen, r->options, dead,
+                        "%s: dead_letter_topic must not be the topic it reads "
+                        "(skipped records would come back forever)",
+                        where);
+    if (!kafka_group_valid(group->value))
+        return kv_error(err, errlen, r->options, group,
+                        "%s: group: expected 1..255 characters, no control characters", where);
+    if (reset != NULL && strcmp(reset->value, "earliest") != 0 &&
+        strcmp(reset->value, "latest") != 0)
+        return kv_error(err, errlen, r->options, reset,
+                        "%s: offset_reset: expected earliest or latest", where);
+    return 0;
+}
+
+static int kafka_compile_inbound(const struct kafka_conn *kc, const struct rule *r,
+                                 struct kafka_inbound **out, char *err, size_t errlen)
+{
+    struct kafka_inbound *in = NULL;
+    if (kafka_inbound_check(r, err, errlen) != 0)
+        goto fail;
+    const char *dead = kv_str(r->options, "dead_letter_topic", NULL);
+    in = calloc(1, sizeof *in);
+    if (in == NULL || (in->topic = strdup(kv_str(r->options, "topic", ""))) == NULL ||
+        (in->group = strdup(kv_str(r->options, "group", ""))) == NULL ||
+        (dead != NULL && (in->dead_letter = strdup(dead)) == NULL)) {
+        kv_error(err, errlen, r->options, NULL, "rule '%s': out of memory", r->name);
+        goto fail;
+    }
+    in->earliest = strcmp(kv_str(r->options, "offset_reset", "earliest"), "earliest") == 0;
+    if (kafka_inbound_conf(kc, r, in, err, errlen) != 0)
+        goto fail;
+    *out = in;
+    return 0;
+fail:
+    kafka_inbound_free(in);
+    return -1;
+}
+
+/* ---- compile and release (engine loop) ----------------------------------- */
+
 static void kafka_release(struct connector *c, void *compiled);
 
 static int kafka_compile(struct connector *c, const struct rule *r, void **compiled, char *err,
@@ -335,9 +610,15 @@ static int kafka_compile(struct connector *c, const struct rule *r, void **compi
     struct kafka_target *t = NULL;
     *compiled = NULL;
     if (r->type == RULE_INBOUND) {
-        kv_error(err, errlen, r->options, NULL,
-                 "rule '%s': inbound rules from a kafka connector are not supported", r->name);
-        goto fail;
+        if ((t = calloc(1, sizeof *t)) == NULL) {
+            kv_error(err, errlen, r->options, NULL, "rule '%s': out of memory", r->name);
+            goto fail;
+        }
+        t->type = r->type;
+        if (kafka_compile_inbound(kafka_of(c), r, &t->in, err, errlen) != 0)
+            goto fail;
+        *compiled = t;
+        return 0;
     }
     snprintf(where, sizeof where, "rule '%s'", r->name);
     if (kv_check(r->options, kafka_target_keys, where, err, errlen) != 0)
@@ -365,6 +646,7 @@ static void kafka_release(struct connector *c, void *compiled)
         return;
     template_free(t->topic);
     template_free(t->key);
+    kafka_inbound_free(t->in);
     free(t);
 }
 
@@ -485,7 +767,7 @@ static rd_kafka_resp_err_t kafka_send(struct kafka_conn *kc, const struct export
     const struct kafka_target *t = rec->rule ? rec->rule->compiled : NULL;
     struct template_input in;
     *detail = NULL;
-    if (t == NULL || (rec->kind == RECORD_STATUS) != (t->type == RULE_STATUS)) {
+    if (t == NULL || t->in != NULL || (rec->kind == RECORD_STATUS) != (t->type == RULE_STATUS)) {
         *detail = "the record does not match its rule's target";
         return RD_KAFKA_RESP_ERR__INVALID_ARG;
     }
@@ -660,6 +942,756 @@ static int kafka_export(struct connector *c, struct export_record *const *recs, 
     return rc;
 }
 
+/* ---- source: state and callbacks (import thread) ------------------------- */
+
+/* One inbound rule's reading state. Everything here runs on the rule's
+ * import thread, librdkafka's callbacks included (they are served by the
+ * polls made below), so it needs no lock. */
+struct kafka_source {
+    const struct kafka_conn *kc;    /* read only */
+    const struct kafka_inbound *in; /* the rule's compiled source; read only */
+    char label[192];                /* "kafka 'events' rule 'commands'" */
+    rd_kafka_t *rk;                 /* the consumer */
+    rd_kafka_t *dlq;                /* the dead-letter producer, NULL without one */
+    rd_kafka_resp_err_t assign_err; /* a failed (un)assign: the next fetch says RETRY */
+    /* From the error callback, for the next fetch: `broken` says RETRY,
+     * `transport` makes it check that the cluster still answers. */
+    rd_kafka_resp_err_t broken, transport;
+    char error_text[256];
+    /* The messages fetched since the last ack, kept (only with a
+     * dead-letter topic) to copy key, headers and timestamp of the skipped
+     * ones. The engine acknowledges each batch before fetching again. */
+    rd_kafka_message_t **held;
+    size_t held_n, held_cap;
+    /* The dead-letter copies of the current ack. Reports of an earlier ack
+     * (purged after its deadline) carry an older generation: ignored. */
+    uintptr_t dlq_gen;
+    size_t dlq_outstanding;
+    rd_kafka_resp_err_t dlq_err; /* the first failure worth a retry */
+    struct buf scratch;          /* mapped header values, NUL-terminated */
+};
+
+static struct kafka_source *kafka_src_of(struct source *s)
+{
+    return (struct kafka_source *)(void *)s;
+}
+
+static void kafka_src_on_log(const rd_kafka_t *rk, int level, const char *fac, const char *text)
+{
+    const struct kafka_source *ks = rd_kafka_opaque(rk);
+    kafka_log(level, ks ? ks->label : "kafka source", fac, text);
+}
+
+/* Nothing is committed here: what the engine has not acknowledged stays
+ * uncommitted and is read again by the partition's next owner (at least
+ * once). source_ack() leaves out partitions no longer assigned. */
+static void kafka_src_on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t why,
+                                   rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    struct kafka_source *ks = opaque;
+    bool coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    bool assign = why == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+    rd_kafka_error_t *e = NULL;
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (!assign && why != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+        log_warn("%s: rebalance failed (%s): dropping the assignment", ks->label,
+                 rd_kafka_err2str(why));
+    else if (!assign && rd_kafka_assignment_lost(rk))
+        log_warn("%s: assignment lost (session timed out?): unacknowledged records of %d "
+                 "partition(s) go again to their next owner",
+                 ks->label, parts->cnt);
+    if (coop)
+        e = assign ? rd_kafka_incremental_assign(rk, parts)
+                   : rd_kafka_incremental_unassign(rk, parts);
+    else
+        err = rd_kafka_assign(rk, assign ? parts : NULL);
+    if (e != NULL) {
+        err = rd_kafka_error_code(e);
+        rd_kafka_error_destroy(e);
+    }
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        log_warn("%s: cannot %s partitions: %s", ks->label, assign ? "assign" : "unassign",
+                 rd_kafka_err2str(err));
+        ks->assign_err = err;
+        return;
+    }
+    log_info("%s: %s %d partition(s)", ks->label, assign ? "assigned" : "revoked", parts->cnt);
+}
+
+/* Client-wide errors, served by rd_kafka_consumer_poll. Most are
+ * librdkafka's to recover from; these are not (the source is reopened):
+ * a fatal error, failed authentication, and a cluster that does not
+ * answer, which a lost connection or all brokers down make fetch check. */
+static void kafka_src_on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    struct kafka_source *ks = opaque;
+    switch (err) {
+    case RD_KAFKA_RESP_ERR__FATAL:
+    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+        if (err == RD_KAFKA_RESP_ERR__FATAL)
+            rd_kafka_fatal_error(rk, ks->error_text, sizeof ks->error_text);
+        else
+            snprintf(ks->error_text, sizeof ks->error_text, "%s", reason);
+        ks->broken = err;
+        break;
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+    case RD_KAFKA_RESP_ERR__RESOLVE:
+        if (ks->broken == RD_KAFKA_RESP_ERR_NO_ERROR)
+            snprintf(ks->error_text, sizeof ks->error_text, "%s", reason);
+        ks->transport = err;
+        break;
+    default:
+        break;
+    }
+    log_info("%s: %s: %s", ks->label, rd_kafka_err2name(err), reason);
+}
+
+/* Dead-letter delivery reports, served by rd_kafka_flush/poll in ack. */
+static void kafka_src_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    struct kafka_source *ks = opaque;
+    if ((uintptr_t)m->_private != ks->dlq_gen || ks->dlq_outstanding == 0)
+        return;
+    ks->dlq_outstanding--;
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    if (kafka_err_permanent(m->err))
+        log_error("%s: a dead-letter copy was refused for good (%s); its record is committed "
+                  "without it",
+                  ks->label, rd_kafka_err2str(m->err));
+    else if (ks->dlq_err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        ks->dlq_err = m->err;
+}
+
+/* ---- source: open and close (import thread) ------------------------------ */
+
+/* Leaves the group without committing anything (no offset was ever
+ * stored), serving the revocation here. true when the consumer is gone;
+ * false when the close did not finish within KAFKA_CLOSE_WAIT_MS: a
+ * commit stuck on a coordinator that is down keeps librdkafka busy up to
+ * session.timeout.ms, and no one should wait that long. */
+static bool kafka_src_consumer_close(struct kafka_source *ks)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new(ks->rk);
+    rd_kafka_error_t *e = rd_kafka_consumer_close_queue(ks->rk, q);
+    int64_t deadline = kafka_now_ms() + KAFKA_CLOSE_WAIT_MS;
+    if (e != NULL) {
+        log_warn("%s: consumer close: %s", ks->label, rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+    }
+    /* The close queue also gets fetched messages and errors: events, of
+     * which only the revocation needs an answer. */
+    while (e == NULL && !rd_kafka_consumer_closed(ks->rk) && kafka_now_ms() < deadline) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+        if (ev != NULL && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+            kafka_src_on_rebalance(ks->rk, rd_kafka_event_error(ev),
+                                   rd_kafka_event_topic_partition_list(ev), ks);
+        rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_destroy(q);
+    if (!rd_kafka_consumer_closed(ks->rk))
+        return false;
+    rd_kafka_destroy_flags(ks->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    ks->rk = NULL;
+    return true;
+}
+
+static void kafka_src_release_held(struct kafka_source *ks)
+{
+    for (size_t i = 0; i < ks->held_n; i++)
+        rd_kafka_message_destroy(ks->held[i]);
+    ks->held_n = 0;
+}
+
+/* Frees what is left: the consumer (waiting as long as librdkafka takes)
+ * and the struct. */
+static void kafka_src_free(struct kafka_source *ks)
+{
+    if (ks->rk != NULL)
+        rd_kafka_destroy_flags(ks->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    buf_free(&ks->scratch);
+    free(ks->held);
+    free(ks);
+}
+
+static void *kafka_src_reaper(void *arg)
+{
+    kafka_src_free(arg);
+    return NULL;
+}
+
+/* A consumer that would not close in time is destroyed on a detached
+ * thread, which then frees ks (its log callback still names it): nothing
+ * of the connector or the rule is used there. */
+static void kafka_src_reap(struct kafka_source *ks)
+{
+    pthread_attr_t attr;
+    pthread_t t;
+    bool started = false;
+    log_notice("%s: the consumer did not close within %d ms (cluster down?); it finishes in "
+               "the background",
+               ks->label, KAFKA_CLOSE_WAIT_MS);
+    if (pthread_attr_init(&attr) == 0) {
+        started = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+                  pthread_create(&t, &attr, kafka_src_reaper, ks) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (!started)
+        kafka_src_free(ks); /* no thread: wait here */
+}
+
+/* Accepts NULL and half-opened sources. Unacknowledged records are not
+ * committed: they come again at the next open. */
+static void kafka_source_close(struct source *s)
+{
+    struct kafka_source *ks = kafka_src_of(s);
+    if (ks == NULL)
+        return;
+    kafka_src_release_held(ks); /* messages go before their consumer */
+    if (ks->dlq != NULL) {
+        rd_kafka_purge(ks->dlq, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_destroy(ks->dlq);
+        ks->dlq = NULL;
+    }
+    if (ks->rk != NULL && !kafka_src_consumer_close(ks))
+        kafka_src_reap(ks);
+    else
+        kafka_src_free(ks);
+}
+
+/* Asks the cluster for its brokers, waiting at most connect_timeout_ms:
+ * 0 when it answers, else -1 with why. */
+static int kafka_src_reachable(struct kafka_source *ks, char *why, size_t whylen)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(ks->rk, 0, NULL, &md, ks->kc->connect_timeout_ms);
+    bool up = e == RD_KAFKA_RESP_ERR_NO_ERROR && md->broker_cnt > 0;
+    if (md != NULL)
+        rd_kafka_metadata_destroy(md);
+    if (up)
+        return 0;
+    snprintf(why, whylen, "brokers %s unreachable within %d ms: %s", ks->kc->brokers,
+             ks->kc->connect_timeout_ms, e ? rd_kafka_err2str(e) : "no broker in the metadata");
+    return -1;
+}
+
+/* The consumer: created, the cluster asked for its brokers (so that a down
+ * cluster is a quick RETRY, as in kafka_open), subscribed. */
+static int kafka_src_consumer(struct kafka_source *ks, char *why, size_t whylen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_dup(ks->in->conf);
+    if (conf == NULL) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    rd_kafka_conf_set_opaque(conf, ks);
+    rd_kafka_conf_set_log_cb(conf, kafka_src_on_log);
+    rd_kafka_conf_set_rebalance_cb(conf, kafka_src_on_rebalance);
+    rd_kafka_conf_set_error_cb(conf, kafka_src_on_error);
+    ks->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, whylen);
+    if (ks->rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_poll_set_consumer(ks->rk); /* callbacks are served by consumer_poll */
+    if (kafka_src_reachable(ks, why, whylen) != 0)
+        return -1;
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, ks->in->topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(ks->rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(why, whylen, "subscribe to %s: %s", ks->in->topic, rd_kafka_err2str(e));
+        return -1;
+    }
+    return 0;
+}
+
+/* The dead-letter producer: the connector's producer configuration (the
+ * sink's defaults and options), with this source's callbacks. */
+static int kafka_src_producer(struct kafka_source *ks, char *why, size_t whylen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_dup(ks->kc->conf);
+    if (conf == NULL) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    rd_kafka_conf_set_opaque(conf, ks);
+    rd_kafka_conf_set_log_cb(conf, kafka_src_on_log);
+    rd_kafka_conf_set_dr_msg_cb(conf, kafka_src_on_delivery);
+    ks->dlq = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, whylen);
+    if (ks->dlq == NULL) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    return 0;
+}
+
+static int kafka_source_open(struct connector *c, const struct rule *r, struct source **out,
+                             char *err, size_t errlen)
+{
+    struct kafka_conn *kc = kafka_of(c);
+    const struct kafka_target *t = r->compiled;
+    struct kafka_source *ks = NULL;
+    char why[512];
+    *out = NULL;
+    if (t == NULL || t->in == NULL) {
+        snprintf(err, errlen, "kafka '%s': rule '%s' is not a compiled inbound rule", kc->name,
+                 r->name);
+        return CONNECTOR_RETRY;
+    }
+    if ((ks = calloc(1, sizeof *ks)) == NULL) {
+        snprintf(err, errlen, "kafka '%s': out of memory", kc->name);
+        return CONNECTOR_RETRY;
+    }
+    ks->kc = kc;
+    ks->in = t->in;
+    snprintf(ks->label, sizeof ks->label, "kafka '%.64s' rule '%.64s'", kc->name, r->name);
+    if (kafka_src_consumer(ks, why, sizeof why) != 0 ||
+        (ks->in->dead_letter != NULL && kafka_src_producer(ks, why, sizeof why) != 0)) {
+        snprintf(err, errlen, "%s: %s", ks->label, why);
+        kafka_source_close((struct source *)(void *)ks);
+        return CONNECTOR_RETRY;
+    }
+    *out = (struct source *)(void *)ks;
+    return 0;
+}
+
+/* ---- source: fetch (import thread) --------------------------------------- */
+
+/* Appends the last value of header `name` to the scratch buffer,
+ * NUL-terminated, at *at. A NUL byte inside the value becomes '#', which
+ * no MQTT topic name (and so no subtopic or P2P target) may hold and which
+ * makes a qoslevel two characters long: the engine then skips the record
+ * instead of reading a shorter value than was sent. 1 when copied, 0 when
+ * absent (or a null header), -1 when out of memory. */
+static int kafka_src_header(struct kafka_source *ks, rd_kafka_headers_t *h, const char *name,
+                            size_t *at)
+{
+    const void *v = NULL;
+    size_t len = 0;
+    if (h == NULL || rd_kafka_header_get_last(h, name, &v, &len) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        v == NULL)
+        return 0;
+    *at = ks->scratch.len;
+    if (buf_append(&ks->scratch, v, len) != 0 || buf_append_u8(&ks->scratch, 0) != 0)
+        return -1;
+    for (size_t i = *at; i < *at + len; i++)
+        if (ks->scratch.data[i] == '\0')
+            ks->scratch.data[i] = '#';
+    return 1;
+}
+
+/* The record for message m (copies: m may go right after). NULL when out
+ * of memory. */
+static struct import_record *kafka_src_record(struct kafka_source *ks, const rd_kafka_message_t *m)
+{
+    static const char *const names[3] = {"mqttSecondTopic", "qoslevel", "clientId"};
+    rd_kafka_headers_t *h = NULL;
+    const char *val[3] = {NULL, NULL, NULL};
+    size_t at[3];
+    int got[3];
+    char id[KAFKA_TOPIC_MAX + 48];
+    if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        h = NULL;
+    buf_reset(&ks->scratch);
+    for (int i = 0; i < 3; i++)
+        if ((got[i] = kafka_src_header(ks, h, names[i], &at[i])) < 0)
+            return NULL;
+    for (int i = 0; i < 3; i++) /* after the appends: the buffer may have moved */
+        if (got[i] == 1)
+            val[i] = (const char *)ks->scratch.data + at[i];
+    snprintf(id, sizeof id, "%s[%" PRId32 "]@%" PRId64, ks->in->topic, m->partition, m->offset);
+    /* m->len < 2^31: Kafka's own limit on a record */
+    struct import_record *rec =
+        import_record_new(id, val[0], val[1], val[2], m->payload, (uint32_t)m->len);
+    if (rec != NULL) {
+        rec->partition = m->partition;
+        rec->offset = m->offset;
+    }
+    return rec;
+}
+
+/* Keeps m for a dead-letter copy (with a dead-letter topic), else frees
+ * it. Takes m in any case. 0, or -1 when out of memory. */
+static int kafka_src_hold(struct kafka_source *ks, rd_kafka_message_t *m)
+{
+    if (ks->in->dead_letter == NULL) {
+        rd_kafka_message_destroy(m);
+        return 0;
+    }
+    if (ks->held_n == ks->held_cap) {
+        size_t cap = ks->held_cap ? ks->held_cap * 2 : 64;
+        rd_kafka_message_t **h = realloc(ks->held, cap * sizeof *h);
+        if (h == NULL) {
+            rd_kafka_message_destroy(m);
+            return -1;
+        }
+        ks->held = h;
+        ks->held_cap = cap;
+    }
+    ks->held[ks->held_n++] = m;
+    return 0;
+}
+
+/* A consumer error in place of a record. 0 to go on, -1 with err when the
+ * source must be reopened: the topic cannot be read (it does not exist,
+ * or reading it is not allowed) or the consumer failed for good. */
+static int kafka_src_event(struct kafka_source *ks, const rd_kafka_message_t *m, char *err,
+                           size_t errlen)
+{
+    switch (m->err) {
+    case RD_KAFKA_RESP_ERR__PARTITION_EOF:
+        return 0;
+    case RD_KAFKA_RESP_ERR__FATAL:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+        snprintf(err, errlen, "%s: %s", ks->label, rd_kafka_message_errstr(m));
+        return -1;
+    default:
+        log_notice("%s: %s (librdkafka recovers)", ks->label, rd_kafka_message_errstr(m));
+        return 0;
+    }
+}
+
+/* What the callbacks reported since the last fetch. 0 to go on, -1 with
+ * err (RETRY): the assignment failed, the consumer is broken, or a lost
+ * connection turns out to be a cluster that does not answer. */
+static int kafka_src_health(struct kafka_source *ks, char *err, size_t errlen)
+{
+    char why[384];
+    if (ks->assign_err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errlen, "%s: partition assignment failed: %s", ks->label,
+                 rd_kafka_err2str(ks->assign_err));
+        return -1;
+    }
+    if (ks->broken != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errlen, "%s: %s: %s", ks->label, rd_kafka_err2name(ks->broken),
+                 ks->error_text);
+        return -1;
+    }
+    if (ks->transport == RD_KAFKA_RESP_ERR_NO_ERROR)
+        return 0;
+    ks->transport = RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (kafka_src_reachable(ks, why, sizeof why) == 0)
+        return 0;
+    snprintf(err, errlen, "%s: %s (after: %s)", ks->label, why, ks->error_text);
+    return -1;
+}
+
+/* Up to max records in the order the consumer hands them out (Kafka's
+ * per-partition order), waiting at most timeout_ms for the first; after
+ * it, only what is already there. */
+static int kafka_source_fetch(struct source *s, struct import_record **recs, size_t max, size_t *n,
+                              int timeout_ms, char *err, size_t errlen)
+{
+    struct kafka_source *ks = kafka_src_of(s);
+    int64_t deadline = kafka_now_ms() + timeout_ms;
+    *n = 0;
+    while (*n < max) {
+        if (kafka_src_health(ks, err, errlen) != 0)
+            goto fail;
+        int64_t left = *n > 0 ? 0 : deadline - kafka_now_ms();
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(ks->rk, left > 0 ? (int)left : 0);
+        if (m == NULL) {
+            if (*n > 0 || left <= 0)
+                break;
+            continue;
+        }
+        if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            int rc = kafka_src_event(ks, m, err, errlen);
+            rd_kafka_message_destroy(m);
+            if (rc != 0)
+                goto fail;
+            continue;
+        }
+        struct import_record *rec = kafka_src_record(ks, m);
+        if (rec == NULL || kafka_src_hold(ks, m) != 0) {
+            if (rec == NULL)
+                rd_kafka_message_destroy(m);
+            import_record_free(rec);
+            snprintf(err, errlen, "%s: out of memory", ks->label);
+            goto fail;
+        }
+        recs[(*n)++] = rec;
+    }
+    return CONNECTOR_OK;
+fail:
+    for (size_t i = 0; i < *n; i++)
+        import_record_free(recs[i]);
+    *n = 0;
+    kafka_src_release_held(ks);
+    return CONNECTOR_RETRY;
+}
+
+/* ---- source: acknowledge (import thread) --------------------------------- */
+
+/* The held message of recs[i]: usually held[i] (one fetch, one ack), else
+ * found by partition and offset; NULL when not held (then the copy is made
+ * from the record alone). */
+static const rd_kafka_message_t *kafka_src_held(const struct kafka_source *ks, size_t i,
+                                                const struct import_record *rec)
+{
+    if (i < ks->held_n && ks->held[i]->partition == rec->partition &&
+        ks->held[i]->offset == rec->offset)
+        return ks->held[i];
+    for (size_t k = 0; k < ks->held_n; k++)
+        if (ks->held[k]->partition == rec->partition && ks->held[k]->offset == rec->offset)
+            return ks->held[k];
+    return NULL;
+}
+
+/* Produces the dead-letter copy of rec: value, key, timestamp and headers
+ * of the original (m) when held, else the value and the mapped fields;
+ * plus header `reason`. */
+static rd_kafka_resp_err_t kafka_src_produce_dead(struct kafka_source *ks,
+                                                  const struct import_record *rec,
+                                                  const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *orig = NULL, *h;
+    if (m != NULL && rd_kafka_message_headers(m, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        h = rd_kafka_headers_copy(orig);
+    } else {
+        h = rd_kafka_headers_new(4);
+        const char *names[3] = {"mqttSecondTopic", "qoslevel", "clientId"};
+        const char *vals[3] = {rec->sub_topic, rec->qos, rec->client_id};
+        for (int i = 0; i < 3; i++)
+            if (vals[i] != NULL)
+                rd_kafka_header_add(h, names[i], -1, vals[i], -1);
+    }
+    rd_kafka_header_remove(h, "reason");
+    rd_kafka_header_add(h, "reason", -1, rec->reason, -1);
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        ks->dlq, RD_KAFKA_V_TOPIC(ks->in->dead_letter),
+        RD_KAFKA_V_KEY(m ? m->key : NULL, m ? m->key_len : 0),
+        RD_KAFKA_V_VALUE(rec->payload, rec->payload_len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_TIMESTAMP(m ? rd_kafka_message_timestamp(m, NULL) : 0), RD_KAFKA_V_HEADERS(h),
+        RD_KAFKA_V_OPAQUE((void *)ks->dlq_gen), RD_KAFKA_V_END);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+        rd_kafka_headers_destroy(h); /* librdkafka owns them only once produced */
+    return e;
+}
+
+/* Waits for the reports of the copies produced; purges what is left at the
+ * deadline (its reports are then ignored: see dlq_gen). */
+static void kafka_src_dead_wait(struct kafka_source *ks, int64_t deadline)
+{
+    int64_t now;
+    while (ks->dlq_outstanding > 0 && (now = kafka_now_ms()) < deadline)
+        rd_kafka_flush(ks->dlq, deadline - now < 100 ? (int)(deadline - now) : 100);
+    if (ks->dlq_outstanding > 0)
+        rd_kafka_purge(ks->dlq, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+}
+
+/* Copies the SKIPPED records to the dead-letter topic and waits until
+ * Kafka has them. 0 when done (copies Kafka refuses for good are logged
+ * and left out: a record that cannot be copied must not stop the rule),
+ * -1 with err when worth a retry (nothing is committed then). */
+static int kafka_src_dead_letter(struct kafka_source *ks, struct import_record *const *recs,
+                                 size_t n, char *err, size_t errlen)
+{
+    int64_t deadline = kafka_now_ms() + ks->kc->report_wait_ms;
+    if (ks->dlq == NULL)
+        return 0;
+    ks->dlq_gen++;
+    ks->dlq_outstanding = 0;
+    ks->dlq_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (size_t i = 0; i < n; i++) {
+        if (recs[i]->outcome != IMPORT_SKIPPED)
+            continue;
+        const rd_kafka_message_t *m = kafka_src_held(ks, i, recs[i]);
+        rd_kafka_resp_err_t e;
+        while ((e = kafka_src_produce_dead(ks, recs[i], m)) == RD_KAFKA_RESP_ERR__QUEUE_FULL &&
+               kafka_now_ms() < deadline)
+            rd_kafka_poll(ks->dlq, 50);
+        if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
+            ks->dlq_outstanding++;
+        else if (kafka_err_permanent(e))
+            log_error("%s: record %s: dead-letter copy refused (%s); committed without it",
+                      ks->label, recs[i]->id ? recs[i]->id : "?", rd_kafka_err2str(e));
+        else if (ks->dlq_err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            ks->dlq_err = e;
+    }
+    kafka_src_dead_wait(ks, deadline);
+    if (ks->dlq_outstanding == 0 && ks->dlq_err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        return 0;
+    snprintf(err, errlen, "%s: dead-letter topic %s: %s", ks->label, ks->in->dead_letter,
+             ks->dlq_outstanding > 0 ? "no delivery report in time"
+                                     : rd_kafka_err2str(ks->dlq_err));
+    return -1;
+}
+
+/* Offset of the last record per partition, plus one. */
+static rd_kafka_topic_partition_list_t *
+kafka_src_offsets(const struct kafka_source *ks, struct import_record *const *recs, size_t n)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_topic_partition_t *p =
+            rd_kafka_topic_partition_list_find(l, ks->in->topic, recs[i]->partition);
+        if (p == NULL)
+            p = rd_kafka_topic_partition_list_add(l, ks->in->topic, recs[i]->partition);
+        p->offset = recs[i]->offset + 1;
+    }
+    return l;
+}
+
+/* Leaves out the partitions this consumer no longer owns (revoked during
+ * the fetch): their new owner reads those records again. */
+static int kafka_src_keep_assigned(struct kafka_source *ks,
+                                   rd_kafka_topic_partition_list_t *offsets, char *err,
+                                   size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *mine = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_assignment(ks->rk, &mine);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errlen, "%s: assignment: %s", ks->label, rd_kafka_err2str(e));
+        return -1;
+    }
+    for (int i = offsets->cnt - 1; i >= 0; i--) {
+        const rd_kafka_topic_partition_t *p = &offsets->elems[i];
+        if (rd_kafka_topic_partition_list_find(mine, p->topic, p->partition) != NULL)
+            continue;
+        log_notice("%s: partition %" PRId32 " was revoked before the ack: not committed, its "
+                   "records up to offset %" PRId64 " are read again by its new owner",
+                   ks->label, p->partition, p->offset - 1);
+        rd_kafka_topic_partition_list_del_by_idx(offsets, i);
+    }
+    rd_kafka_topic_partition_list_destroy(mine);
+    return 0;
+}
+
+/* Commits offsets and waits for the answer, at most KAFKA_COMMIT_WAIT_MS.
+ * 0 only when the commit of every partition succeeded. A commit still
+ * under way at the deadline may land later: harmless, its records were
+ * published. */
+static int kafka_src_commit(struct kafka_source *ks, const rd_kafka_topic_partition_list_t *offsets,
+                            char *err, size_t errlen)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new(ks->rk);
+    rd_kafka_event_t *ev = NULL;
+    int64_t deadline = kafka_now_ms() + KAFKA_COMMIT_WAIT_MS, left;
+    rd_kafka_resp_err_t e = rd_kafka_commit_queue(ks->rk, offsets, q, NULL, NULL);
+    int32_t part = -1;
+    while (e == RD_KAFKA_RESP_ERR_NO_ERROR && ev == NULL) {
+        if ((left = deadline - kafka_now_ms()) <= 0) {
+            e = RD_KAFKA_RESP_ERR__TIMED_OUT;
+            break;
+        }
+        ev = rd_kafka_queue_poll(q, (int)left);
+        if (ev != NULL && rd_kafka_event_type(ev) != RD_KAFKA_EVENT_OFFSET_COMMIT) {
+            rd_kafka_event_destroy(ev);
+            ev = NULL;
+        }
+    }
+    if (ev != NULL) {
+        const rd_kafka_topic_partition_list_t *res = rd_kafka_event_topic_partition_list(ev);
+        e = rd_kafka_event_error(ev);
+        for (int i = 0; res != NULL && e == RD_KAFKA_RESP_ERR_NO_ERROR && i < res->cnt; i++)
+            if ((e = res->elems[i].err) != RD_KAFKA_RESP_ERR_NO_ERROR)
+                part = res->elems[i].partition;
+        rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_destroy(q);
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
+        return 0;
+    if (part >= 0)
+        snprintf(err, errlen, "%s: offset commit of partition %" PRId32 " failed: %s", ks->label,
+                 part, rd_kafka_err2str(e));
+    else
+        snprintf(err, errlen, "%s: offset commit failed: %s", ks->label, rd_kafka_err2str(e));
+    return -1;
+}
+
+/* Dead letters first, then the commit: a crash in between copies the
+ * skipped records twice, never loses one. */
+static int kafka_source_ack(struct source *s, struct import_record *const *recs, size_t n,
+                            char *err, size_t errlen)
+{
+    struct kafka_source *ks = kafka_src_of(s);
+    rd_kafka_topic_partition_list_t *offsets = NULL;
+    int rc = CONNECTOR_RETRY;
+    if (n == 0)
+        return CONNECTOR_OK;
+    if (kafka_src_dead_letter(ks, recs, n, err, errlen) != 0)
+        goto done;
+    offsets = kafka_src_offsets(ks, recs, n);
+    if (kafka_src_keep_assigned(ks, offsets, err, errlen) != 0 ||
+        (offsets->cnt > 0 && kafka_src_commit(ks, offsets, err, errlen) != 0))
+        goto done;
+    rc = CONNECTOR_OK;
+done:
+    if (offsets != NULL)
+        rd_kafka_topic_partition_list_destroy(offsets);
+    kafka_src_release_held(ks);
+    return rc;
+}
+
+/* ---- source: lag (import thread) ----------------------------------------- */
+
+/* Partitions without a position (nothing read from them yet) get the
+ * group's committed offset (which may be none). */
+static int kafka_src_fill_committed(struct kafka_source *ks, rd_kafka_topic_partition_list_t *parts)
+{
+    rd_kafka_topic_partition_list_t *ask = rd_kafka_topic_partition_list_new(parts->cnt);
+    int rc = 0;
+    for (int i = 0; i < parts->cnt; i++)
+        if (parts->elems[i].offset < 0)
+            rd_kafka_topic_partition_list_add(ask, parts->elems[i].topic,
+                                              parts->elems[i].partition);
+    if (ask->cnt > 0 &&
+        rd_kafka_committed(ks->rk, ask, KAFKA_LAG_WAIT_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        rc = -1;
+    for (int i = 0; rc == 0 && i < ask->cnt; i++)
+        rd_kafka_topic_partition_list_find(parts, ask->elems[i].topic, ask->elems[i].partition)
+            ->offset = ask->elems[i].offset;
+    rd_kafka_topic_partition_list_destroy(ask);
+    return rc;
+}
+
+/* Records of partition p after its position (p->offset), or after where
+ * offset_reset starts when it has none. -1 when the watermarks are
+ * unknown. */
+static int64_t kafka_src_lag_partition(struct kafka_source *ks, const rd_kafka_topic_partition_t *p)
+{
+    int64_t lo = -1, hi = -1;
+    if ((rd_kafka_get_watermark_offsets(ks->rk, p->topic, p->partition, &lo, &hi) !=
+             RD_KAFKA_RESP_ERR_NO_ERROR ||
+         hi < 0 || (p->offset < 0 && lo < 0)) &&
+        rd_kafka_query_watermark_offsets(ks->rk, p->topic, p->partition, &lo, &hi,
+                                         KAFKA_LAG_WAIT_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return -1;
+    int64_t at = p->offset >= 0 ? p->offset : ks->in->earliest ? lo : hi;
+    return hi > at ? hi - at : 0;
+}
+
+/* Sum over the assigned partitions of (high watermark - position): the
+ * records not yet acknowledged. -1 while nothing is assigned or when an
+ * answer is missing. */
+static int64_t kafka_source_lag(struct source *s)
+{
+    struct kafka_source *ks = kafka_src_of(s);
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    int64_t lag = -1;
+    if (ks == NULL || rd_kafka_assignment(ks->rk, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return -1;
+    if (parts->cnt > 0 && rd_kafka_position(ks->rk, parts) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        kafka_src_fill_committed(ks, parts) == 0) {
+        lag = 0;
+        for (int i = 0; i < parts->cnt && lag >= 0; i++) {
+            int64_t behind = kafka_src_lag_partition(ks, &parts->elems[i]);
+            lag = behind < 0 ? -1 : lag + behind;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
+    return lag;
+}
+
 const struct connector_ops kafka_connector = {
     .type = "kafka",
     .settings = kafka_settings,
@@ -670,4 +1702,9 @@ const struct connector_ops kafka_connector = {
     .open = kafka_open,
     .close = kafka_close,
     .export = kafka_export,
+    .source_open = kafka_source_open,
+    .source_close = kafka_source_close,
+    .source_fetch = kafka_source_fetch,
+    .source_ack = kafka_source_ack,
+    .source_lag = kafka_source_lag,
 };

@@ -5,6 +5,12 @@
  * port and during a hang of a private broker (SIGSTOP), recovery after it,
  * and a throughput measurement (printed, not asserted).
  *
+ * The source (inbound rules), with records produced by a librdkafka
+ * producer in the test: exact fields and per-key order, no refetch after
+ * an ack, refetch without one (a crash), dead letters, an idle fetch, lag,
+ * a rebalance between two members of a group, RETRY against a closed port
+ * and while the private broker is stopped, recovery, and throughput.
+ *
  * Run: tests/services/run kafka -- build/test_kafka (from the repository
  * root: the hang test starts its own broker with tests/services/start). */
 #include "../../connectors/connector.h"
@@ -152,6 +158,7 @@ static void rule_free(struct connector *c, struct rule *r)
 {
     ops->release(c, r->compiled);
     kvmap_free(r->options);
+    kvmap_free(r->target_options);
     free(r->name);
     free(r);
 }
@@ -222,8 +229,10 @@ struct got {
     size_t n;
     char key[64], value[8192], msgid[24], mtopic[64], cid[64], qos[4], ts[24];
     char tag[16], event[16], seq[24];
+    char sub[64], qoslevel[8], reason[128], trace[32]; /* source side */
     size_t value_len;
     int32_t partition;
+    int64_t timestamp;
 };
 
 static void header_copy(rd_kafka_headers_t *h, const char *name, char *out, size_t len)
@@ -244,10 +253,13 @@ static void got_fill(struct got *g, const rd_kafka_message_t *m)
     memset(g, 0, sizeof *g);
     ck_assert_uint_lt(m->key_len, sizeof g->key);
     ck_assert_uint_lt(m->len, sizeof g->value);
-    memcpy(g->key, m->key, m->key_len);
-    memcpy(g->value, m->payload, m->len);
+    if (m->key_len > 0) /* a record without key or value has NULL there */
+        memcpy(g->key, m->key, m->key_len);
+    if (m->len > 0)
+        memcpy(g->value, m->payload, m->len);
     g->value_len = m->len;
     g->partition = m->partition;
+    g->timestamp = rd_kafka_message_timestamp(m, NULL);
     rd_kafka_message_headers(m, &h);
     header_copy(h, "msgid", g->msgid, sizeof g->msgid);
     header_copy(h, "mqttTopic", g->mtopic, sizeof g->mtopic);
@@ -257,6 +269,10 @@ static void got_fill(struct got *g, const rd_kafka_message_t *m)
     header_copy(h, "tag", g->tag, sizeof g->tag);
     header_copy(h, "eventType", g->event, sizeof g->event);
     header_copy(h, "seq", g->seq, sizeof g->seq);
+    header_copy(h, "mqttSecondTopic", g->sub, sizeof g->sub);
+    header_copy(h, "qoslevel", g->qoslevel, sizeof g->qoslevel);
+    header_copy(h, "reason", g->reason, sizeof g->reason);
+    header_copy(h, "trace", g->trace, sizeof g->trace);
 }
 
 static rd_kafka_t *consumer_new(const char *brokers)
@@ -380,6 +396,22 @@ static const struct settings_case settings_cases[] = {
      {NULL},
      false,
      "conn.yaml:4:5: connect_timeout_ms: expected 1..600000"},
+    {"consumer properties accepted",
+     {NULL},
+     {"session.timeout.ms", "30000", "fetch.wait.max.ms", "100", NULL},
+     false,
+     NULL},
+    {"the source's own property refused",
+     {NULL},
+     {"linger.ms", "1", "enable.auto.commit", "true", NULL},
+     false,
+     "conn.yaml:7:7: kafka option 'enable.auto.commit': offsets are committed after the broker "
+     "stored the batch"},
+    {"group.id only in the rule",
+     {NULL},
+     {"group.id", "g", NULL},
+     false,
+     "conn.yaml:6:7: kafka option 'group.id': set `group` in the inbound rule's source"},
 };
 
 START_TEST(test_settings_validation)
@@ -440,7 +472,6 @@ static const struct rule_case rule_cases[] = {
      RULE_OUTBOUND,
      {"topic", "bad topic!", NULL},
      "conn.yaml:11:7: rule 'out-rule': topic 'bad topic!' is not a valid Kafka topic name"},
-    {"inbound", RULE_INBOUND, {"topic", "t", NULL}, "not supported"},
 };
 
 START_TEST(test_rule_validation)
@@ -466,6 +497,112 @@ START_TEST(test_rule_validation)
     }
     ops->release(c, compiled);
     kvmap_free(r.options);
+    ops->destroy(c);
+}
+END_TEST
+
+/* ---- inbound rule validation --------------------------------------------- */
+
+struct inbound_case {
+    const char *desc;
+    const char *source[10]; /* pairs */
+    const char *target[4];  /* pairs (besides `topic`, which rules.c takes) */
+    const char *opts[6];    /* connector options */
+    const char *want;
+};
+
+static const struct inbound_case inbound_cases[] = {
+    {"minimal", {"topic", "device-commands", "group", "g1", NULL}, {NULL}, {NULL}, NULL},
+    {"every key",
+     {"topic", "device-commands", "group", "mqbridge-commands", "dead_letter_topic",
+      "device-commands-dead", "offset_reset", "latest", NULL},
+     {NULL},
+     {NULL},
+     NULL},
+    {"missing group",
+     {"topic", "t", NULL},
+     {NULL},
+     {NULL},
+     "conn.yaml:10:5: rule 'in-rule': missing required key 'group'"},
+    {"missing topic",
+     {"group", "g", NULL},
+     {NULL},
+     {NULL},
+     "conn.yaml:10:5: rule 'in-rule': missing required key 'topic'"},
+    {"unknown source key",
+     {"topic", "t", "group", "g", "partition", "1", NULL},
+     {NULL},
+     {NULL},
+     "conn.yaml:13:7: rule 'in-rule': unknown key 'partition'"},
+    {"unknown target key",
+     {"topic", "t", "group", "g", NULL},
+     {"qos", "1", NULL},
+     {NULL},
+     "conn.yaml:21:7: rule 'in-rule': unknown key 'qos'"},
+    {"offset_reset",
+     {"topic", "t", "group", "g", "offset_reset", "newest", NULL},
+     {NULL},
+     {NULL},
+     "conn.yaml:13:7: rule 'in-rule': offset_reset: expected earliest or latest"},
+    {"illegal topic",
+     {"topic", "bad topic", "group", "g", NULL},
+     {NULL},
+     {NULL},
+     "conn.yaml:11:7: rule 'in-rule': topic 'bad topic' is not a valid Kafka topic name"},
+    {"a template is no topic name",
+     {"topic", "cmd-${group}", "group", "g", NULL},
+     {NULL},
+     {NULL},
+     "topic 'cmd-${group}' is not a valid Kafka topic name"},
+    {"illegal dead-letter topic",
+     {"topic", "t", "group", "g", "dead_letter_topic", "..", NULL},
+     {NULL},
+     {NULL},
+     "conn.yaml:13:7: rule 'in-rule': dead_letter_topic '..' is not a valid Kafka topic name"},
+    {"dead letters into the topic read",
+     {"topic", "t", "group", "g", "dead_letter_topic", "t", NULL},
+     {NULL},
+     {NULL},
+     "conn.yaml:13:7: rule 'in-rule': dead_letter_topic must not be the topic it reads"},
+    {"group with a control character",
+     {"topic", "t", "group", "g\x01", NULL},
+     {NULL},
+     {NULL},
+     "conn.yaml:12:7: rule 'in-rule': group: expected 1..255 characters"},
+    {"consumer clash found at load time",
+     {"topic", "t", "group", "g", NULL},
+     {NULL},
+     {"fetch.max.bytes", "1000", NULL},
+     "conn.yaml:10:5: rule 'in-rule': kafka consumer: "},
+};
+
+START_TEST(test_inbound_validation)
+{
+    const struct inbound_case *tc = &inbound_cases[_i];
+    char err[512] = "";
+    struct connector *c = conn_make("127.0.0.1:9", tc->opts[0] ? tc->opts : NULL, NULL);
+    struct rule r = {.name = "in-rule",
+                     .type = RULE_INBOUND,
+                     .options = map_new(10, 5),
+                     .target_options = map_new(20, 5)};
+    for (int i = 0; tc->source[i] != NULL; i += 2)
+        map_put(r.options, tc->source[i], tc->source[i + 1], 11 + i / 2, 7);
+    for (int i = 0; tc->target[i] != NULL; i += 2)
+        map_put(r.target_options, tc->target[i], tc->target[i + 1], 21 + i / 2, 7);
+    void *compiled = NULL;
+    int rc = ops->compile(c, &r, &compiled, err, sizeof err);
+    if (tc->want == NULL) {
+        ck_assert_msg(rc == 0, "%s: %s", tc->desc, err);
+        ck_assert_ptr_nonnull(compiled);
+    } else {
+        ck_assert_msg(rc != 0, "%s: accepted", tc->desc);
+        ck_assert_ptr_null(compiled);
+        ck_assert_msg(strstr(err, tc->want) != NULL, "%s: got '%s', want '%s'", tc->desc, err,
+                      tc->want);
+    }
+    ops->release(c, compiled);
+    kvmap_free(r.options);
+    kvmap_free(r.target_options);
     ops->destroy(c);
 }
 END_TEST
@@ -657,6 +794,642 @@ START_TEST(test_retry_unreachable)
 }
 END_TEST
 
+/* ---- source: helpers -------------------------------------------------------- */
+
+/* One record produced for a source test, and where Kafka put it. */
+struct src_msg {
+    char key[32], sub[48], qos[8], cid[48];
+    bool has_sub, has_qos, has_cid;
+    uint8_t value[96];
+    size_t len;
+    int32_t partition; /* from the delivery report */
+    int64_t offset, timestamp;
+};
+
+static void src_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    struct src_msg *msg = m->_private;
+    if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return; /* offset stays -1: produce_msgs fails */
+    msg->partition = m->partition;
+    msg->offset = m->offset;
+    msg->timestamp = rd_kafka_message_timestamp(m, NULL);
+}
+
+/* Produces msgs[0..n) to topic (keyed, with the headers present and an
+ * extra `trace` header) and waits until each is acknowledged. */
+static void produce_msgs(const char *brokers, const char *topic, struct src_msg *msgs, size_t n)
+{
+    char why[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    const char *props[][2] = {{"bootstrap.servers", brokers}, {"linger.ms", "5"}, {"acks", "all"}};
+    for (size_t i = 0; i < sizeof props / sizeof props[0]; i++)
+        ck_assert(rd_kafka_conf_set(conf, props[i][0], props[i][1], why, sizeof why) ==
+                  RD_KAFKA_CONF_OK);
+    rd_kafka_conf_set_dr_msg_cb(conf, src_on_delivery);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);
+    ck_assert_msg(rk != NULL, "producer: %s", why);
+    for (size_t i = 0; i < n; i++) {
+        struct src_msg *m = &msgs[i];
+        rd_kafka_headers_t *h = rd_kafka_headers_new(4);
+        m->offset = -1;
+        if (m->has_sub)
+            rd_kafka_header_add(h, "mqttSecondTopic", -1, m->sub, (ssize_t)strlen(m->sub));
+        if (m->has_qos)
+            rd_kafka_header_add(h, "qoslevel", -1, m->qos, (ssize_t)strlen(m->qos));
+        if (m->has_cid)
+            rd_kafka_header_add(h, "clientId", -1, m->cid, (ssize_t)strlen(m->cid));
+        rd_kafka_header_add(h, "trace", -1, "t-1", -1);
+        rd_kafka_resp_err_t e;
+        while ((e = rd_kafka_producev(
+                    rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(m->key, strlen(m->key)),
+                    RD_KAFKA_V_VALUE(m->value, m->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                    RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END)) ==
+               RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            rd_kafka_poll(rk, 10);
+        ck_assert_msg(e == RD_KAFKA_RESP_ERR_NO_ERROR, "produce: %s", rd_kafka_err2str(e));
+    }
+    ck_assert_int_eq(rd_kafka_flush(rk, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(msgs[i].offset >= 0, "record %zu not delivered", i);
+    rd_kafka_destroy(rk);
+}
+
+/* n records over `keys` keys, interleaved: record i is number j = i / keys
+ * of key k = i % keys, value "c<k>#<j>|...", all three headers. */
+static struct src_msg *msgs_make(size_t n, int keys)
+{
+    struct src_msg *msgs = calloc(n, sizeof *msgs);
+    ck_assert_ptr_nonnull(msgs);
+    for (size_t i = 0; i < n; i++) {
+        struct src_msg *m = &msgs[i];
+        int k = (int)(i % (size_t)keys);
+        size_t j = i / (size_t)keys;
+        snprintf(m->key, sizeof m->key, "GID_c@@@dev%d", k);
+        snprintf(m->sub, sizeof m->sub, "dev%d/cmd", k);
+        snprintf(m->qos, sizeof m->qos, "%zu", j % 3);
+        snprintf(m->cid, sizeof m->cid, "GID_c@@@dev%d", k);
+        m->has_sub = m->has_qos = m->has_cid = true;
+        m->len =
+            (size_t)snprintf((char *)m->value, sizeof m->value, "c%d#%zu|{\"n\":%zu}", k, j, i);
+    }
+    return msgs;
+}
+
+/* The produced record a fetched one comes from (same partition and offset). */
+static const struct src_msg *msg_of(const struct src_msg *msgs, size_t n,
+                                    const struct import_record *rec)
+{
+    for (size_t i = 0; i < n; i++)
+        if (msgs[i].partition == rec->partition && msgs[i].offset == rec->offset)
+            return &msgs[i];
+    ck_abort_msg("fetched a record nobody produced: partition %d offset %" PRId64,
+                 (int)rec->partition, rec->offset);
+    return NULL;
+}
+
+/* An inbound rule: the source pairs, an empty target. */
+static struct rule *inbound_make(struct connector *c, const char *const *pairs)
+{
+    char err[512] = "";
+    struct rule *r = calloc(1, sizeof *r);
+    ck_assert_ptr_nonnull(r);
+    r->name = strdup("in-rule");
+    r->type = RULE_INBOUND;
+    r->enabled = true;
+    r->options = map_new(10, 5);
+    r->target_options = map_new(20, 5);
+    for (int i = 0; pairs[i] != NULL; i += 2)
+        map_put(r->options, pairs[i], pairs[i + 1], 11 + i / 2, 7);
+    ck_assert_msg(ops->compile(c, r, &r->compiled, err, sizeof err) == 0, "compile: %s", err);
+    return r;
+}
+
+static struct source *src_open(struct connector *c, const struct rule *r)
+{
+    char err[512] = "";
+    struct source *s = NULL;
+    ck_assert_msg(ops->source_open(c, r, &s, err, sizeof err) == 0, "source_open: %s", err);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
+/* Fetches until `want` records are in recs or `secs` have passed (the
+ * first fetches after an open wait for the group to assign partitions).
+ * Returns how many. */
+static size_t fetch_upto(struct source *s, struct import_record **recs, size_t want, double secs)
+{
+    char err[512] = "";
+    size_t got = 0;
+    double deadline = now_s() + secs;
+    while (got < want && now_s() < deadline) {
+        size_t n = 0;
+        int rc = ops->source_fetch(s, recs + got, want - got, &n, 500, err, sizeof err);
+        ck_assert_msg(rc == CONNECTOR_OK, "fetch: %s", err);
+        got += n;
+    }
+    return got;
+}
+
+/* Acknowledges recs[0..n); those still PENDING count as PUBLISHED. */
+static int ack_all(struct source *s, struct import_record **recs, size_t n, char *err,
+                   size_t errlen)
+{
+    for (size_t i = 0; i < n; i++)
+        if (recs[i]->outcome == IMPORT_PENDING)
+            recs[i]->outcome = IMPORT_PUBLISHED;
+    err[0] = '\0';
+    return ops->source_ack(s, recs, n, err, errlen);
+}
+
+static void recs_free(struct import_record **recs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        import_record_free(recs[i]);
+}
+
+/* One source test's connector, rule and names. */
+struct src_env {
+    char topic[96], group[112], dead[112];
+    struct connector *c;
+    struct rule *r;
+};
+
+static void env_init_opts(struct src_env *e, const char *what, const char *brokers,
+                          bool dead_letter, const char *const *opts)
+{
+    unique_name(e->topic, sizeof e->topic, what);
+    snprintf(e->group, sizeof e->group, "%s-group", e->topic);
+    snprintf(e->dead, sizeof e->dead, "%s-dead", e->topic);
+    e->c = conn_make(brokers, opts, "2000");
+    const char *pairs[] = {"topic", e->topic, "group", e->group, "dead_letter_topic",
+                           e->dead, NULL};
+    if (!dead_letter)
+        pairs[4] = NULL;
+    e->r = inbound_make(e->c, pairs);
+}
+
+static void env_init(struct src_env *e, const char *what, const char *brokers, bool dead_letter)
+{
+    env_init_opts(e, what, brokers, dead_letter, NULL);
+}
+
+static void env_free(struct src_env *e)
+{
+    rule_free(e->c, e->r);
+    ops->destroy(e->c);
+}
+
+/* ---- source: tests ------------------------------------------------------------ */
+
+/* Records produced before the first open come with exact fields, their
+ * partition and offset, and in order per key. After the ack (some
+ * records SKIPPED, no dead-letter topic) and a reopen, only a record
+ * produced afterwards is fetched. */
+START_TEST(test_source_fetch_exact)
+{
+    enum { N = 30, KEYS = 3 };
+    struct import_record *recs[N + 8];
+    char err[512];
+    struct src_env e;
+    env_init(&e, "src-exact", env_brokers(), false);
+    struct src_msg *msgs = msgs_make(N, KEYS);
+    msgs[3].has_sub = msgs[3].has_qos = msgs[3].has_cid = false; /* no mapped header */
+    memcpy(msgs[4].value, "\0\xff\x01 bin\0", 9);                /* binary safe */
+    msgs[4].len = 9;
+    msgs[5].len = 0;                                     /* empty value */
+    snprintf(msgs[6].sub, sizeof msgs[6].sub, "%s", ""); /* empty subtopic */
+    produce_msgs(env_brokers(), e.topic, msgs, N);
+
+    struct source *s = src_open(e.c, e.r);
+    size_t n = fetch_upto(s, recs, N, 60);
+    ck_assert_uint_eq(n, N);
+    int next[KEYS] = {0};
+    for (size_t i = 0; i < n; i++) {
+        const struct src_msg *m = msg_of(msgs, N, recs[i]);
+        int k = (int)((size_t)(m - msgs) % KEYS);
+        ck_assert_int_eq((int)((size_t)(m - msgs) / KEYS), next[k]++); /* per-key order */
+        ck_assert_uint_eq(recs[i]->payload_len, m->len);
+        ck_assert_mem_eq(recs[i]->payload, m->value, m->len);
+        const char *want[3] = {m->has_sub ? m->sub : NULL, m->has_qos ? m->qos : NULL,
+                               m->has_cid ? m->cid : NULL};
+        const char *have[3] = {recs[i]->sub_topic, recs[i]->qos, recs[i]->client_id};
+        for (int f = 0; f < 3; f++)
+            if (want[f] == NULL)
+                ck_assert_ptr_null(have[f]);
+            else
+                ck_assert_str_eq(have[f], want[f]);
+        char id[200];
+        snprintf(id, sizeof id, "%s[%d]@%" PRId64, e.topic, (int)m->partition, m->offset);
+        ck_assert_str_eq(recs[i]->id, id);
+        if (i % 7 == 0) { /* the engine refused some: acknowledged all the same */
+            recs[i]->outcome = IMPORT_SKIPPED;
+            snprintf(recs[i]->reason, sizeof recs[i]->reason, "test");
+        }
+    }
+    ck_assert_int_eq(ack_all(s, recs, n, err, sizeof err), CONNECTOR_OK);
+    recs_free(recs, n);
+    ops->source_close(s);
+
+    struct src_msg *marker = msgs_make(1, 1);
+    produce_msgs(env_brokers(), e.topic, marker, 1);
+    s = src_open(e.c, e.r);
+    n = fetch_upto(s, recs, 1, 60);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_int_eq(recs[0]->partition, marker->partition);
+    ck_assert_int_eq(recs[0]->offset, marker->offset);
+    recs_free(recs, n);
+    ck_assert_uint_eq(fetch_upto(s, recs, 1, 1.5), 0); /* and nothing else */
+    ops->source_close(s);
+    free(marker);
+    free(msgs);
+    env_free(&e);
+}
+END_TEST
+
+/* A NUL byte inside a mapped header becomes '#' (which the engine then
+ * refuses): the record never carries a shorter value than was sent. */
+START_TEST(test_source_header_nul)
+{
+    struct import_record *recs[1];
+    char why[256];
+    struct src_env e;
+    env_init(&e, "src-nul", env_brokers(), false);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    ck_assert(rd_kafka_conf_set(conf, "bootstrap.servers", env_brokers(), why, sizeof why) ==
+              RD_KAFKA_CONF_OK);
+    rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_int_eq(rd_kafka_producev(p, RD_KAFKA_V_TOPIC(e.topic), RD_KAFKA_V_VALUE("v", 1),
+                                       RD_KAFKA_V_HEADER("mqttSecondTopic", "a\0b", 3),
+                                       RD_KAFKA_V_HEADER("clientId", "x\0", 2),
+                                       RD_KAFKA_V_HEADER("qoslevel", "1\0", 2), RD_KAFKA_V_END),
+                     RD_KAFKA_RESP_ERR_NO_ERROR);
+    ck_assert_int_eq(rd_kafka_flush(p, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    rd_kafka_destroy(p);
+    struct source *s = src_open(e.c, e.r);
+    ck_assert_uint_eq(fetch_upto(s, recs, 1, 60), 1);
+    ck_assert_str_eq(recs[0]->sub_topic, "a#b");
+    ck_assert_str_eq(recs[0]->client_id, "x#");
+    ck_assert_str_eq(recs[0]->qos, "1#");
+    ck_assert_uint_eq(recs[0]->payload_len, 1);
+    recs_free(recs, 1);
+    ops->source_close(s);
+    env_free(&e);
+}
+END_TEST
+
+/* Fetched, not acknowledged, closed (what a crash leaves): everything
+ * comes again. Then the first half of the batch is acknowledged: after a
+ * reopen exactly the other half comes (the ack commits, per partition, up
+ * to the last acknowledged record). */
+START_TEST(test_source_redelivery)
+{
+    enum { N = 24, KEYS = 4 };
+    struct import_record *recs[N], *again[N];
+    char err[512];
+    struct src_env e;
+    env_init(&e, "src-redeliver", env_brokers(), false);
+    struct src_msg *msgs = msgs_make(N, KEYS);
+    produce_msgs(env_brokers(), e.topic, msgs, N);
+
+    struct source *s = src_open(e.c, e.r);
+    ck_assert_uint_eq(fetch_upto(s, recs, N, 60), N);
+    ops->source_close(s); /* no ack */
+    s = src_open(e.c, e.r);
+    ck_assert_uint_eq(fetch_upto(s, again, N, 60), N);
+    for (size_t i = 0; i < N; i++)
+        msg_of(msgs, N, again[i]); /* the same records: each was produced */
+    recs_free(recs, N);
+    ck_assert_int_eq(ack_all(s, again, N / 2, err, sizeof err), CONNECTOR_OK);
+    ops->source_close(s);
+
+    s = src_open(e.c, e.r);
+    ck_assert_uint_eq(fetch_upto(s, recs, N / 2, 60), N / 2);
+    ck_assert_uint_eq(fetch_upto(s, recs + N / 2, 1, 1.5), 0);
+    for (size_t i = 0; i < N / 2; i++) { /* recs == again[N/2..N) as a set */
+        bool found = false;
+        for (size_t k = N / 2; k < N && !found; k++)
+            found =
+                recs[i]->partition == again[k]->partition && recs[i]->offset == again[k]->offset;
+        ck_assert_msg(found, "record %s was acknowledged, yet came again", recs[i]->id);
+    }
+    ck_assert_int_eq(ack_all(s, recs, N / 2, err, sizeof err), CONNECTOR_OK);
+    recs_free(recs, N / 2);
+    recs_free(again, N);
+    ops->source_close(s);
+    free(msgs);
+    env_free(&e);
+}
+END_TEST
+
+/* SKIPPED records are copied to the dead-letter topic (key, value,
+ * timestamp and every header of the original, plus `reason`) and
+ * acknowledged with the rest: a reopen fetches nothing. */
+START_TEST(test_source_dead_letter)
+{
+    enum { N = 8 };
+    static const size_t skip[] = {1, 6};
+    struct import_record *recs[N];
+    char err[512];
+    struct src_env e;
+    env_init(&e, "src-dead", env_brokers(), true);
+    struct src_msg *msgs = msgs_make(N, 2);
+    snprintf(msgs[1].qos, sizeof msgs[1].qos, "7");
+    produce_msgs(env_brokers(), e.topic, msgs, N);
+
+    struct source *s = src_open(e.c, e.r);
+    ck_assert_uint_eq(fetch_upto(s, recs, N, 60), N);
+    for (size_t i = 0; i < N; i++) {
+        const struct src_msg *m = msg_of(msgs, N, recs[i]);
+        if (m == &msgs[skip[0]] || m == &msgs[skip[1]]) {
+            recs[i]->outcome = IMPORT_SKIPPED;
+            snprintf(recs[i]->reason, sizeof recs[i]->reason, "skipped #%zu", (size_t)(m - msgs));
+        }
+    }
+    ck_assert_msg(ack_all(s, recs, N, err, sizeof err) == CONNECTOR_OK, "ack: %s", err);
+    recs_free(recs, N);
+    ops->source_close(s);
+
+    size_t n;
+    struct got *g = topic_read(e.dead, &n);
+    ck_assert_uint_eq(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        char want[32];
+        const struct src_msg *m = NULL;
+        for (size_t k = 0; k < 2; k++)
+            if (g[i].value_len == msgs[skip[k]].len &&
+                memcmp(g[i].value, msgs[skip[k]].value, g[i].value_len) == 0)
+                m = &msgs[skip[k]];
+        ck_assert_msg(m != NULL, "unexpected dead letter '%s'", g[i].value);
+        snprintf(want, sizeof want, "skipped #%zu", (size_t)(m - msgs));
+        ck_assert_str_eq(g[i].reason, want);
+        ck_assert_str_eq(g[i].key, m->key);
+        ck_assert_str_eq(g[i].sub, m->sub);
+        ck_assert_str_eq(g[i].qoslevel, m->qos);
+        ck_assert_str_eq(g[i].cid, m->cid);
+        ck_assert_str_eq(g[i].trace, "t-1");
+        ck_assert_int_eq(g[i].timestamp, m->timestamp);
+    }
+    free(g);
+    s = src_open(e.c, e.r);
+    ck_assert_uint_eq(fetch_upto(s, recs, 1, 3), 0);
+    ops->source_close(s);
+    free(msgs);
+    env_free(&e);
+}
+END_TEST
+
+/* Nothing to read: fetch comes back with n = 0 after about timeout_ms. */
+START_TEST(test_source_idle)
+{
+    struct import_record *recs[4];
+    char err[512];
+    struct src_env e;
+    env_init(&e, "src-idle", env_brokers(), false);
+    struct src_msg *m = msgs_make(1, 1);
+    produce_msgs(env_brokers(), e.topic, m, 1);
+    struct source *s = src_open(e.c, e.r);
+    ck_assert_uint_eq(fetch_upto(s, recs, 1, 60), 1);
+    ck_assert_int_eq(ack_all(s, recs, 1, err, sizeof err), CONNECTOR_OK);
+    recs_free(recs, 1);
+    for (int i = 0; i < 3; i++) {
+        size_t n = 99;
+        double t0 = now_s();
+        ck_assert_int_eq(ops->source_fetch(s, recs, 4, &n, 700, err, sizeof err), CONNECTOR_OK);
+        double took = now_s() - t0;
+        ck_assert_uint_eq(n, 0);
+        ck_assert_msg(took > 0.6 && took < 1.5, "idle fetch took %.2f s", took);
+    }
+    ops->source_close(s);
+    free(m);
+    env_free(&e);
+}
+END_TEST
+
+/* The lag is the backlog not yet acknowledged: N - 5 after five records,
+ * 0 after all of them. */
+static int64_t lag_wait(struct source *s, int64_t want)
+{
+    int64_t lag = -1;
+    double deadline = now_s() + 20;
+    while ((lag = ops->source_lag(s)) != want && now_s() < deadline)
+        ;
+    return lag;
+}
+
+START_TEST(test_source_lag)
+{
+    enum { N = 40 };
+    struct import_record *recs[N];
+    char err[512];
+    struct src_env e;
+    env_init(&e, "src-lag", env_brokers(), false);
+    struct src_msg *msgs = msgs_make(N, 4);
+    produce_msgs(env_brokers(), e.topic, msgs, N);
+    struct source *s = src_open(e.c, e.r);
+    ck_assert_uint_eq(fetch_upto(s, recs, 5, 60), 5);
+    ck_assert_int_eq(ack_all(s, recs, 5, err, sizeof err), CONNECTOR_OK);
+    ck_assert_int_eq(lag_wait(s, N - 5), N - 5);
+    ck_assert_uint_eq(fetch_upto(s, recs + 5, N - 5, 30), N - 5);
+    ck_assert_int_eq(ack_all(s, recs + 5, N - 5, err, sizeof err), CONNECTOR_OK);
+    ck_assert_int_eq(lag_wait(s, 0), 0);
+    recs_free(recs, N);
+    ops->source_close(s);
+    free(msgs);
+    env_free(&e);
+}
+END_TEST
+
+/* The group's committed offset of each partition of topic (< 0: none),
+ * asked by a consumer that does not join the group. */
+static void group_committed(const char *group, const char *topic, int64_t *out, int parts)
+{
+    char why[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    ck_assert(rd_kafka_conf_set(conf, "bootstrap.servers", env_brokers(), why, sizeof why) ==
+                  RD_KAFKA_CONF_OK &&
+              rd_kafka_conf_set(conf, "group.id", group, why, sizeof why) == RD_KAFKA_CONF_OK);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why);
+    ck_assert_ptr_nonnull(rk);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(parts);
+    for (int p = 0; p < parts; p++)
+        rd_kafka_topic_partition_list_add(l, topic, p);
+    ck_assert_int_eq(rd_kafka_committed(rk, l, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    for (int p = 0; p < parts; p++)
+        out[p] = l->elems[p].offset;
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_destroy(rk);
+}
+
+/* The assignment strategies: eager (librdkafka's default) and cooperative. */
+static const char *const strategies[] = {"range,roundrobin", "cooperative-sticky"};
+
+/* A second member joins the group while the first holds a fetched,
+ * unacknowledged batch of every partition. The first member's rebalance
+ * commits nothing; its ack, afterwards, commits only the partitions it
+ * still owns (to their end: it read them all); the partitions it gave up
+ * stay uncommitted and the second member reads them from the start. A
+ * third member, after both closed (the second never acknowledged), gets
+ * exactly the records of the uncommitted partitions: at least once, and
+ * nothing committed that was not acknowledged by its owner. */
+START_TEST(test_source_rebalance)
+{
+    enum { N = 40, KEYS = 8, MAXP = 64 };
+    struct import_record *a_recs[N], *tmp[N], *b_recs[N * 2];
+    int64_t committed[MAXP], ends[MAXP] = {0};
+    int parts = 0;
+    size_t b_n = 0, expect = 0, n;
+    char err[512];
+    struct src_env e;
+    const char *opts[] = {"partition.assignment.strategy", strategies[_i], NULL};
+    env_init_opts(&e, "src-rebalance", env_brokers(), false, opts);
+    struct src_msg *msgs = msgs_make(N, KEYS);
+    produce_msgs(env_brokers(), e.topic, msgs, N);
+    for (size_t i = 0; i < N; i++) {
+        ck_assert_int_lt(msgs[i].partition, MAXP);
+        parts = msgs[i].partition >= parts ? msgs[i].partition + 1 : parts;
+        if (msgs[i].offset + 1 > ends[msgs[i].partition])
+            ends[msgs[i].partition] = msgs[i].offset + 1;
+    }
+    struct source *a = src_open(e.c, e.r);
+    ck_assert_uint_eq(fetch_upto(a, a_recs, N, 60), N);
+    struct source *b = src_open(e.c, e.r);
+    /* both poll, as the engine does, until b has been given partitions */
+    for (double deadline = now_s() + 60; b_n == 0 && now_s() < deadline;) {
+        ck_assert_int_eq(ops->source_fetch(a, tmp, N, &n, 200, err, sizeof err), CONNECTOR_OK);
+        recs_free(tmp, n); /* a's new partitions again: not acknowledged */
+        ck_assert_int_eq(ops->source_fetch(b, b_recs, N * 2, &b_n, 200, err, sizeof err),
+                         CONNECTOR_OK);
+    }
+    ck_assert_msg(b_n > 0, "the second member never got a partition");
+    ck_assert_int_eq(ack_all(a, a_recs, N, err, sizeof err), CONNECTOR_OK);
+    group_committed(e.group, e.topic, committed, parts);
+    int kept = 0;
+    for (int p = 0; p < parts; p++) {
+        ck_assert_msg(committed[p] < 0 || committed[p] == ends[p],
+                      "partition %d committed at %" PRId64, p, committed[p]);
+        kept += committed[p] >= 0;
+    }
+    ck_assert_msg(kept > 0 && kept < parts, "the first member kept %d of %d partitions", kept,
+                  parts);
+    for (size_t i = 0; i < b_n; i++)
+        ck_assert_msg(committed[b_recs[i]->partition] < 0, "b read %s, committed by a",
+                      b_recs[i]->id);
+    ops->source_close(b); /* never acknowledged */
+    ops->source_close(a);
+    for (size_t i = 0; i < N; i++)
+        expect += committed[msgs[i].partition] < 0;
+    struct source *c = src_open(e.c, e.r);
+    n = fetch_upto(c, tmp, expect, 60);
+    ck_assert_uint_eq(n, expect);
+    ck_assert_uint_eq(fetch_upto(c, tmp + n, 1, 1.5), 0);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(committed[tmp[i]->partition] < 0, "%s came again though committed",
+                      tmp[i]->id);
+    recs_free(tmp, n);
+    recs_free(a_recs, N);
+    recs_free(b_recs, b_n);
+    ops->source_close(c);
+    free(msgs);
+    env_free(&e);
+}
+END_TEST
+
+/* Nothing listens: source_open says RETRY within connect_timeout_ms (+
+ * slack), naming the brokers. The same rule on a live broker works. */
+START_TEST(test_source_unreachable)
+{
+    char brokers[64], err[512];
+    struct import_record *recs[1];
+    struct source *s = NULL;
+    struct src_env e;
+    snprintf(brokers, sizeof brokers, "127.0.0.1:%d", closed_port());
+    env_init(&e, "src-unreach", brokers, false);
+    double t0 = now_s();
+    ck_assert_int_eq(ops->source_open(e.c, e.r, &s, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_ptr_null(s);
+    ck_assert_msg(now_s() - t0 < 4.0, "open took %.1f s", now_s() - t0);
+    ck_assert_msg(strstr(err, brokers) != NULL && strstr(err, "rule 'in-rule'"), "err: %s", err);
+    ops->source_close(NULL);
+    env_free(&e);
+
+    env_init(&e, "src-recover", env_brokers(), false);
+    struct src_msg *m = msgs_make(1, 1);
+    produce_msgs(env_brokers(), e.topic, m, 1);
+    s = src_open(e.c, e.r);
+    ck_assert_uint_eq(fetch_upto(s, recs, 1, 60), 1);
+    ck_assert_int_eq(ack_all(s, recs, 1, err, sizeof err), CONNECTOR_OK);
+    recs_free(recs, 1);
+    ops->source_close(s);
+    free(m);
+    env_free(&e);
+}
+END_TEST
+
+/* A topic that does not exist (consumers do not create topics): fetch
+ * says RETRY, naming it, instead of waiting silently. */
+START_TEST(test_source_missing_topic)
+{
+    char err[512] = "";
+    struct import_record *recs[1];
+    size_t n = 0;
+    int rc = CONNECTOR_OK;
+    struct src_env e;
+    env_init(&e, "src-missing", env_brokers(), false);
+    struct source *s = src_open(e.c, e.r);
+    for (double deadline = now_s() + 30; rc == CONNECTOR_OK && now_s() < deadline;)
+        rc = ops->source_fetch(s, recs, 1, &n, 500, err, sizeof err);
+    ck_assert_int_eq(rc, CONNECTOR_RETRY);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_msg(strstr(err, e.topic) != NULL, "err: %s", err);
+    printf("kafka source: missing topic -> RETRY: %s\n", err);
+    ops->source_close(s);
+    env_free(&e);
+}
+END_TEST
+
+/* ---- source: throughput -------------------------------------------------------- */
+
+START_TEST(test_source_throughput)
+{
+    enum { N = 100000, BATCH = 1000 };
+    static struct import_record *recs[BATCH];
+    char err[512];
+    struct src_env e;
+    env_init(&e, "src-perf", env_brokers(), false);
+    struct src_msg *msgs = msgs_make(N, 100);
+    for (size_t i = 0; i < N; i++) {
+        memset(msgs[i].value, 'p', 64);
+        msgs[i].len = 64;
+    }
+    produce_msgs(env_brokers(), e.topic, msgs, N);
+    struct source *s = src_open(e.c, e.r);
+    size_t got = fetch_upto(s, recs, 1, 60); /* the group join, apart */
+    ck_assert_uint_eq(got, 1);
+    ck_assert_int_eq(ack_all(s, recs, 1, err, sizeof err), CONNECTOR_OK);
+    recs_free(recs, 1);
+    double t0 = now_s(), deadline = t0 + 120;
+    size_t batches = 0;
+    while (got < N && now_s() < deadline) {
+        size_t n = 0;
+        ck_assert_int_eq(ops->source_fetch(s, recs, BATCH, &n, 500, err, sizeof err), CONNECTOR_OK);
+        ck_assert_msg(ack_all(s, recs, n, err, sizeof err) == CONNECTOR_OK, "ack: %s", err);
+        recs_free(recs, n);
+        got += n;
+        batches += n > 0;
+    }
+    double took = now_s() - t0;
+    ck_assert_uint_eq(got, N);
+    printf("kafka source: %d records of 64 bytes, fetch + ack (sync commit) in batches of up "
+           "to %d (%zu batches): %.2f s, %.0f records/s\n",
+           N - 1, BATCH, batches, took, (N - 1) / took);
+    ops->source_close(s);
+    free(msgs);
+    env_free(&e);
+}
+END_TEST
+
 /* ---- hang of a private broker -------------------------------------------- */
 
 static char private_dir[256], private_brokers[128];
@@ -755,6 +1528,73 @@ START_TEST(test_hang_and_recovery)
 }
 END_TEST
 
+static void private_ctl(const char *verb)
+{
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "tests/services/ctl '%s' %s kafka >/dev/null", private_dir, verb);
+    ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+}
+
+/* The private broker stops while a fetched batch waits for its ack: the
+ * ack says RETRY (nothing committed), a fetch says RETRY (all brokers
+ * down), a reopen says RETRY. Once the broker is back, a reopen works and
+ * the unacknowledged batch comes again, the acknowledged one does not. */
+START_TEST(test_source_broker_restart)
+{
+    enum { N = 10 };
+    struct import_record *recs[N], *again[N];
+    char err[512];
+    size_t n;
+    ck_assert_msg(private_brokers[0] != '\0' && private_pid > 0,
+                  "no private Kafka (see test_hang_and_recovery)");
+    kill(private_pid, SIGCONT); /* in case the hang test failed while it was frozen */
+    struct src_env e;
+    env_init(&e, "src-restart", private_brokers, false);
+    struct src_msg *first = msgs_make(N, 2), *second = msgs_make(N, 2);
+    produce_msgs(private_brokers, e.topic, first, N);
+    struct source *s = src_open(e.c, e.r);
+    ck_assert_uint_eq(fetch_upto(s, recs, N, 60), N);
+    ck_assert_int_eq(ack_all(s, recs, N, err, sizeof err), CONNECTOR_OK);
+    recs_free(recs, N);
+    produce_msgs(private_brokers, e.topic, second, N);
+    ck_assert_uint_eq(fetch_upto(s, recs, N, 30), N);
+
+    private_ctl("stop");
+    double t0 = now_s();
+    ck_assert_int_eq(ack_all(s, recs, N, err, sizeof err), CONNECTOR_RETRY);
+    printf("kafka source: broker stopped -> ack RETRY after %.1f s: %s\n", now_s() - t0, err);
+    int rc = CONNECTOR_OK;
+    for (double deadline = now_s() + 30; rc == CONNECTOR_OK && now_s() < deadline;) {
+        rc = ops->source_fetch(s, again, N, &n, 500, err, sizeof err);
+        ck_assert_uint_eq(n, 0);
+    }
+    ck_assert_int_eq(rc, CONNECTOR_RETRY);
+    printf("kafka source: broker stopped -> fetch RETRY: %s\n", err);
+    t0 = now_s();
+    ops->source_close(s);
+    ck_assert_msg(now_s() - t0 < 8.0, "close took %.1f s", now_s() - t0);
+    s = NULL;
+    ck_assert_int_eq(ops->source_open(e.c, e.r, &s, err, sizeof err), CONNECTOR_RETRY);
+
+    private_ctl("start");
+    double deadline = now_s() + 60;
+    while ((rc = ops->source_open(e.c, e.r, &s, err, sizeof err)) != 0 && now_s() < deadline)
+        ;
+    ck_assert_msg(rc == 0, "open after restart: %s", err);
+    ck_assert_uint_eq(fetch_upto(s, again, N, 60), N);
+    ck_assert_uint_eq(fetch_upto(s, again + N, 0, 0), 0);
+    for (size_t i = 0; i < N; i++)
+        msg_of(second, N, again[i]); /* the unacknowledged batch, nothing of the first */
+    ck_assert_int_eq(ack_all(s, again, N, err, sizeof err), CONNECTOR_OK);
+    recs_free(again, N);
+    recs_free(recs, N);
+    ops->source_close(s);
+    free(first);
+    free(second);
+    env_free(&e);
+}
+END_TEST
+
 /* ---- throughput ------------------------------------------------------------ */
 
 START_TEST(test_throughput)
@@ -805,6 +1645,8 @@ static Suite *kafka_suite(void)
     tcase_add_loop_test(tc, test_settings_validation, 0,
                         sizeof settings_cases / sizeof settings_cases[0]);
     tcase_add_loop_test(tc, test_rule_validation, 0, sizeof rule_cases / sizeof rule_cases[0]);
+    tcase_add_loop_test(tc, test_inbound_validation, 0,
+                        sizeof inbound_cases / sizeof inbound_cases[0]);
     suite_add_tcase(s, tc);
     tc = tcase_create("broker");
     tcase_set_timeout(tc, 120);
@@ -818,6 +1660,20 @@ static Suite *kafka_suite(void)
     tcase_set_timeout(tc, 180);
     tcase_add_unchecked_fixture(tc, private_start, private_stop);
     tcase_add_test(tc, test_hang_and_recovery);
+    tcase_add_test(tc, test_source_broker_restart);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("source");
+    tcase_set_timeout(tc, 180);
+    tcase_add_test(tc, test_source_fetch_exact);
+    tcase_add_test(tc, test_source_header_nul);
+    tcase_add_test(tc, test_source_redelivery);
+    tcase_add_test(tc, test_source_dead_letter);
+    tcase_add_test(tc, test_source_idle);
+    tcase_add_test(tc, test_source_lag);
+    tcase_add_loop_test(tc, test_source_rebalance, 0, sizeof strategies / sizeof strategies[0]);
+    tcase_add_test(tc, test_source_unreachable);
+    tcase_add_test(tc, test_source_missing_topic);
+    tcase_add_test(tc, test_source_throughput);
     suite_add_tcase(s, tc);
     return s;
 }
