@@ -467,7 +467,7 @@ static const struct rule_case rule_cases[] = {
     {"bad template",
      RULE_OUTBOUND,
      {"topic", "t", "key", "${clientId}"},
-     "conn.yaml:12:7: rule 'out-rule': key: "},
+     "conn.yaml:12:7: rule 'out-rule': key 'key': unknown field"},
     {"illegal literal topic",
      RULE_OUTBOUND,
      {"topic", "bad topic!", NULL},

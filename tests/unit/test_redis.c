@@ -371,7 +371,7 @@ static const struct rule_case rule_cases[] = {
     {"bad template",
      RULE_OUTBOUND,
      {"key", "mqtt:${clientId}", NULL},
-     "conn.yaml:11:7: rule 'out-rule': key: "},
+     "conn.yaml:11:7: rule 'out-rule': key 'key': unknown field"},
     {"status without stream",
      RULE_STATUS,
      {"hash_prefix", "p:", NULL},
