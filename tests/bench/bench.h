@@ -2,7 +2,8 @@
  * clients and the worker threads that drive them.
  *
  * Threading model: every MQTT client belongs to exactly one worker thread,
- * which drives it with one poll() set. No client is touched by two threads.
+ * which drives it with one event loop (epoll for the raw engine, poll()
+ * for libmosquitto). No client is touched by two threads.
  * Workers publish progress to the main thread through the atomics of struct
  * bench_shared; detailed statistics stay per worker and are merged by the
  * main thread after the workers have been joined.
@@ -52,7 +53,31 @@ struct bench_opts {
     const char *client; /* "raw" or "mosquitto" */
     enum bench_engine engine;
     bool json;
+    /* --offline N: store-and-replay mode with N persistent subscribers
+     * (offline.c); 0 = the load or idle mode */
+    int offline;
+    bool no_baseline;      /* offline: skip the no-subscriber and in-memory runs */
+    const char *store_dir; /* offline: the broker's storage directory, measured; NULL = not */
+    int broker_pid;        /* offline: the broker's CPU and I/O per phase; 0 = not */
 };
+
+/* Offline mode's message plan. Publisher p's message s is message number
+ * g = p + s * publishers of publishers * count; it goes to persistent
+ * client g % offline (topic PREFIX/o/<client>) as that client's round
+ * g / offline. A client receives its rounds from each publisher in
+ * increasing order: rounds of one publisher to one topic keep their order
+ * [MQTT-4.6.0-5]. */
+static inline uint64_t offline_total(const struct bench_opts *o)
+{
+    return (uint64_t)o->publishers * (uint64_t)o->count;
+}
+
+/* Messages (rounds) persistent client t receives. */
+static inline uint32_t offline_rounds(const struct bench_opts *o, int t)
+{
+    uint64_t m = offline_total(o), n = (uint64_t)o->offline;
+    return m > (uint64_t)t ? (uint32_t)((m - (uint64_t)t + n - 1) / n) : 0;
+}
 
 /* Payload header, written at offset 0 of every payload in host byte order
  * (sender and receiver are the same process). */
@@ -110,11 +135,13 @@ struct wire_packet {
     int qos;                      /* PUBLISH */
     uint16_t id;                  /* packet identifier, where the packet has one */
     uint8_t code;                 /* CONNACK return code, first SUBACK return code */
+    bool present;                 /* CONNACK session present flag [MQTT-3.2.2-2] */
     const unsigned char *payload; /* PUBLISH application message, points into the buffer */
     size_t payload_len;
 };
 
-int wire_put_connect(struct bbuf *b, const char *client_id, int keepalive);
+/* clean: the cleanSession flag [MQTT-3.1.2-4]. */
+int wire_put_connect(struct bbuf *b, const char *client_id, int keepalive, bool clean);
 int wire_put_subscribe(struct bbuf *b, uint16_t id, const char *filter, int qos);
 /* id is ignored at QoS 0 [MQTT-2.3.1-5]. */
 int wire_put_publish(struct bbuf *b, const char *topic, uint16_t id, int qos, const void *payload,
@@ -140,7 +167,8 @@ struct bench_stats {
     int64_t first_pub_ns; /* 0 = none */
     int64_t last_pub_ns;
     int64_t last_recv_ns;
-    struct hist latency; /* ns from publish to delivery, first deliveries only */
+    int64_t last_ready_ns; /* the last client got ready (CONNACK or SUBACK) */
+    struct hist latency;   /* ns from publish to delivery, first deliveries only */
 };
 
 /* Progress visible to the main thread while the workers run. */
@@ -159,12 +187,22 @@ struct client {
     struct worker *w;
     enum client_role role;
     enum client_state state;
-    int index;              /* publisher or subscriber number */
-    char id[80];            /* MQTT client identifier */
-    char *topic;            /* publish topic or subscription filter */
+    int index;        /* publisher or subscriber number */
+    char id[80];      /* MQTT client identifier */
+    char *topic;      /* publish topic or subscription filter */
+    size_t topic_cap; /* bytes allocated for topic */
+    /* How the next connection starts (set between cycles, offline mode):
+     * with cleanSession, and whether a subscriber subscribes after CONNACK
+     * (a subscriber that does not is resuming its session and requires the
+     * CONNACK session present flag). */
+    bool clean;
+    bool subscribe;
     struct mosquitto *mosq; /* engine mosquitto */
     int fd;                 /* engine raw, -1 when closed */
     struct bbuf in, out;    /* engine raw */
+    bool polled;            /* engine raw: in the worker's epoll set */
+    bool want_out;          /* engine raw: waiting for a write event (kernel buffer full) */
+    bool dirty;             /* engine raw: in the worker's list of clients to write */
     int64_t last_out_ns;    /* engine raw: for PINGREQ */
     /* publisher */
     uint32_t next_seq;
@@ -172,8 +210,9 @@ struct client {
     uint16_t next_id;
     bool done;
     unsigned char *payload;
-    /* subscriber: seen bitmap indexed by publisher * count + seq, and per
-     * publisher the highest seq delivered so far plus one */
+    /* subscriber: seen bitmap indexed by publisher * count + seq (offline
+     * mode: by round), and per publisher the highest seq (round) delivered
+     * so far plus one */
     uint64_t *seen;
     uint32_t *next_expected;
 };
@@ -186,8 +225,10 @@ struct worker {
     int id;
     struct client **clients; /* owned by the main thread */
     int nclients;
-    int next_connect; /* clients[0..next_connect) have been started */
-    int pending;      /* connects waiting for CONNACK/SUBACK */
+    int next_connect;    /* clients[0..next_connect) have been started */
+    int pending;         /* connects waiting for CONNACK/SUBACK */
+    bool graceful;       /* stop: DISCONNECT, then wait for the broker to close (raw engine) */
+    int linger_timeouts; /* graceful stop: connections the broker did not close in time */
     struct bench_stats st;
     uint64_t flushed_unique; /* share of st.unique already added to shared */
     uint64_t flushed_published;
@@ -196,9 +237,14 @@ struct worker {
 };
 
 /* Builds a client of the given role; NULL on allocation failure. Destroy
- * with client_destroy(), which accepts NULL and half-built clients. */
+ * with client_destroy(), which accepts NULL and half-built clients. A
+ * client starts with clean = true and subscribe = true. */
 struct client *client_create(const struct bench_opts *o, enum client_role role, int index);
 void client_destroy(struct client *c);
+/* Readies a client for another cycle (offline mode): closes its socket,
+ * empties its buffers, forgets what it published and received, and
+ * detaches it from its worker. Keeps its id, role and clean/subscribe. */
+void client_reset(struct client *c, const struct bench_opts *o);
 
 /* Engine-independent steps of a client's life (client.c). */
 /* Marks c failed (once; the run then stops). why is static text, errnum an
@@ -208,8 +254,8 @@ void client_set_ready(struct client *c);
 void client_check_done(struct client *c); /* publisher: all written/acked? */
 /* Checks and records one delivery to subscriber c. */
 void client_record_delivery(struct client *c, const void *payload, size_t len, int64_t now);
-/* Stamps the next message of publisher c into c->payload, counts it as
- * published. */
+/* Stamps the next message of publisher c into c->payload (offline mode:
+ * and its topic into c->topic), counts it as published. */
 void client_stamp_next(struct client *c);
 /* Adds this worker's new deliveries and publishes to the shared counters. */
 void worker_flush(struct worker *w);
@@ -237,5 +283,46 @@ int bench_selftest(void);
 /* Runs the benchmark or idle test described by opts, prints the report on
  * stdout, and returns the exit status (0 ok, 1 failed). */
 int bench_run(const struct bench_opts *opts);
+
+/* A crew: worker threads driving a set of clients through one cycle,
+ * PHASE_CONNECT -> (PHASE_RUN) -> PHASE_STOP (run.c). The clients are
+ * borrowed: they outlive the crew and can serve in the next one. */
+struct crew {
+    struct bench_shared shared;
+    struct worker *workers;
+    int nworkers;
+    int started; /* threads running */
+    int nclients;
+};
+
+/* Deals clients[0..n) round-robin to min(o->threads, n) workers (with
+ * graceful stops if asked) and starts them in PHASE_CONNECT against the
+ * broker at addr. 0, or -1 with err filled; crew_free() in both cases. */
+int crew_start(struct crew *cr, const struct bench_opts *o, struct client **clients, int n,
+               const struct sockaddr *addr, socklen_t addrlen, bool graceful, char *err,
+               size_t errlen);
+/* Polls until every client is ready (connected; subscribers subscribed),
+ * a client failed, or o->timeout_s passed. 0 when all are ready. */
+int crew_wait_ready(struct crew *cr, const struct bench_opts *o, char *err, size_t errlen);
+/* PHASE_STOP, then joins the threads (each disconnects its clients). */
+void crew_stop(struct crew *cr);
+/* Merges the workers' statistics into *into; *error gets the first worker
+ * error (static text) if it is still NULL. Call after crew_stop(). */
+void crew_collect(const struct crew *cr, struct bench_stats *into, const char **error);
+/* Stops the crew if needed and frees it; accepts a zeroed crew. */
+void crew_free(struct crew *cr);
+
+/* Resolves host:port once; 0, or -1 with err filled. */
+int bench_resolve(const char *host, int port, struct sockaddr_storage *addr, socklen_t *addrlen,
+                  char *err, size_t errlen);
+/* Raises RLIMIT_NOFILE for nsockets sockets; 0, or -1 with err filled. */
+int bench_raise_nofile(const struct bench_opts *o, int nsockets, char *err, size_t errlen);
+void bench_stats_merge(struct bench_stats *into, const struct bench_stats *from);
+double bench_process_cpu_s(void);
+void bench_sleep_ms(int ms);
+
+/* Offline mode: in-memory comparison, store, replay; prints the report and
+ * returns the exit status (offline.c). */
+int offline_run(const struct bench_opts *opts);
 
 #endif

@@ -17,12 +17,9 @@
 
 struct bench {
     struct bench_opts o;
-    struct bench_shared shared;
     struct client **clients;
     int nclients;
-    struct worker *workers;
-    int nworkers;
-    int started;                  /* worker threads running */
+    struct crew crew;
     struct sockaddr_storage addr; /* broker, resolved once */
     socklen_t addrlen;
 };
@@ -40,11 +37,10 @@ struct bench_result {
 
 /* A raw client holds one socket; a libmosquitto client also holds the
  * library's wake-up socket pair. */
-static int bench_raise_nofile(const struct bench_opts *o, char *err, size_t errlen)
+int bench_raise_nofile(const struct bench_opts *o, int nsockets, char *err, size_t errlen)
 {
     struct rlimit rl;
-    int nclients = o->idle ? o->idle : o->subscribers + o->publishers;
-    rlim_t need = (rlim_t)nclients * (o->engine == ENGINE_MOSQ ? 3 : 1) + 64;
+    rlim_t need = (rlim_t)nsockets * (o->engine == ENGINE_MOSQ ? 3 : 1) + 64;
 
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= need)
         return 0;
@@ -56,7 +52,7 @@ static int bench_raise_nofile(const struct bench_opts *o, char *err, size_t errl
     rl.rlim_cur = rl.rlim_max < need ? rl.rlim_max : need;
     setrlimit(RLIMIT_NOFILE, &rl);
     if (rl.rlim_cur < need) {
-        snprintf(err, errlen, "%d clients need %lu file descriptors, the limit is %lu%s", nclients,
+        snprintf(err, errlen, "%d clients need %lu file descriptors, the limit is %lu%s", nsockets,
                  (unsigned long)need, (unsigned long)rl.rlim_cur,
                  o->engine == ENGINE_MOSQ ? " (--client raw needs a third)" : "");
         return -1;
@@ -66,37 +62,23 @@ static int bench_raise_nofile(const struct bench_opts *o, char *err, size_t errl
 
 static void bench_destroy(struct bench *b)
 {
+    crew_free(&b->crew);
     for (int i = 0; b->clients && i < b->nclients; i++)
         client_destroy(b->clients[i]);
-    for (int i = 0; b->workers && i < b->nworkers; i++)
-        free(b->workers[i].clients);
     free(b->clients);
-    free(b->workers);
     b->clients = NULL;
-    b->workers = NULL;
 }
 
-/* Creates the clients (subscribers first, then publishers, or the idle
- * clients) and deals them round-robin to the workers. */
+/* Creates the clients: subscribers first, then publishers, or the idle
+ * clients. */
 static int bench_create(struct bench *b, char *err, size_t errlen)
 {
     const struct bench_opts *o = &b->o;
     int n = o->idle ? o->idle : o->subscribers + o->publishers;
 
     b->clients = calloc((size_t)n, sizeof *b->clients);
-    b->nworkers = o->threads < n ? o->threads : n;
-    b->workers = calloc((size_t)b->nworkers, sizeof *b->workers);
-    if (!b->clients || !b->workers)
+    if (!b->clients)
         goto nomem;
-    for (int i = 0; i < b->nworkers; i++) {
-        struct worker *w = &b->workers[i];
-        w->opts = o;
-        w->shared = &b->shared;
-        w->id = i;
-        w->clients = calloc((size_t)(n / b->nworkers + 1), sizeof *w->clients);
-        if (!w->clients)
-            goto nomem;
-    }
     for (int i = 0; i < n; i++) {
         enum client_role role = o->idle ? ROLE_IDLE : i < o->subscribers ? ROLE_SUB : ROLE_PUB;
         int index = role == ROLE_PUB ? i - o->subscribers : i;
@@ -104,9 +86,6 @@ static int bench_create(struct bench *b, char *err, size_t errlen)
         if (!c)
             goto nomem;
         b->clients[b->nclients++] = c;
-        struct worker *w = &b->workers[i % b->nworkers];
-        c->w = w;
-        w->clients[w->nclients++] = c;
     }
     return 0;
 nomem:
@@ -114,85 +93,116 @@ nomem:
     return -1;
 }
 
-static int bench_resolve(struct bench *b, char *err, size_t errlen)
+int bench_resolve(const char *host, int port, struct sockaddr_storage *addr, socklen_t *addrlen,
+                  char *err, size_t errlen)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *res = NULL;
-    char port[16];
+    char service[16];
 
-    snprintf(port, sizeof port, "%d", b->o.port);
-    int rc = getaddrinfo(b->o.host, port, &hints, &res);
-    if (rc != 0 || !res || res->ai_addrlen > sizeof b->addr) {
-        snprintf(err, errlen, "cannot resolve %s: %s", b->o.host,
-                 rc ? gai_strerror(rc) : "no address");
+    snprintf(service, sizeof service, "%d", port);
+    int rc = getaddrinfo(host, service, &hints, &res);
+    if (rc != 0 || !res || res->ai_addrlen > sizeof *addr) {
+        snprintf(err, errlen, "cannot resolve %s: %s", host, rc ? gai_strerror(rc) : "no address");
         if (res)
             freeaddrinfo(res);
         return -1;
     }
-    memcpy(&b->addr, res->ai_addr, res->ai_addrlen);
-    b->addrlen = res->ai_addrlen;
+    memcpy(addr, res->ai_addr, res->ai_addrlen);
+    *addrlen = res->ai_addrlen;
     freeaddrinfo(res);
     return 0;
 }
 
-static int bench_start(struct bench *b, char *err, size_t errlen)
+int crew_start(struct crew *cr, const struct bench_opts *o, struct client **clients, int n,
+               const struct sockaddr *addr, socklen_t addrlen, bool graceful, char *err,
+               size_t errlen)
 {
-    void *(*run)(void *) = b->o.engine == ENGINE_MOSQ ? engine_mosq_run : engine_raw_run;
+    void *(*run)(void *) = o->engine == ENGINE_MOSQ ? engine_mosq_run : engine_raw_run;
 
-    if (bench_resolve(b, err, errlen) < 0)
-        return -1;
-    atomic_store(&b->shared.phase, PHASE_CONNECT);
-    for (int i = 0; i < b->nworkers; i++) {
-        b->workers[i].addr = (const struct sockaddr *)&b->addr;
-        b->workers[i].addrlen = b->addrlen;
-        if (pthread_create(&b->workers[i].thread, NULL, run, &b->workers[i]) != 0) {
+    *cr = (struct crew){.nclients = n};
+    atomic_store(&cr->shared.phase, PHASE_CONNECT);
+    cr->nworkers = o->threads < n ? o->threads : n;
+    cr->workers = calloc((size_t)cr->nworkers, sizeof *cr->workers);
+    if (!cr->workers)
+        goto nomem;
+    for (int i = 0; i < cr->nworkers; i++) {
+        struct worker *w = &cr->workers[i];
+        *w = (struct worker){.opts = o,
+                             .shared = &cr->shared,
+                             .addr = addr,
+                             .addrlen = addrlen,
+                             .id = i,
+                             .graceful = graceful};
+        w->clients = calloc((size_t)(n / cr->nworkers + 1), sizeof *w->clients);
+        if (!w->clients)
+            goto nomem;
+    }
+    for (int i = 0; i < n; i++) {
+        struct worker *w = &cr->workers[i % cr->nworkers];
+        clients[i]->w = w;
+        w->clients[w->nclients++] = clients[i];
+    }
+    for (int i = 0; i < cr->nworkers; i++) {
+        if (pthread_create(&cr->workers[i].thread, NULL, run, &cr->workers[i]) != 0) {
             snprintf(err, errlen, "cannot start worker thread");
             return -1;
         }
-        b->started++;
+        cr->started++;
     }
     return 0;
+nomem:
+    snprintf(err, errlen, "out of memory dealing %d clients to workers", n);
+    return -1;
 }
 
-static void bench_stop(struct bench *b)
+void crew_stop(struct crew *cr)
 {
-    atomic_store(&b->shared.phase, PHASE_STOP);
-    for (int i = 0; i < b->started; i++)
-        pthread_join(b->workers[i].thread, NULL);
-    b->started = 0;
+    atomic_store(&cr->shared.phase, PHASE_STOP);
+    for (int i = 0; i < cr->started; i++)
+        pthread_join(cr->workers[i].thread, NULL);
+    cr->started = 0;
 }
 
-static void sleep_ms(int ms)
+void crew_free(struct crew *cr)
+{
+    crew_stop(cr);
+    for (int i = 0; cr->workers && i < cr->nworkers; i++)
+        free(cr->workers[i].clients);
+    free(cr->workers);
+    cr->workers = NULL;
+    cr->nworkers = 0;
+}
+
+void bench_sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
 }
 
-/* Waits (polling, with the --timeout deadline) until every client is
- * connected and subscribed. 0 when all are ready. */
-static int bench_wait_ready(struct bench *b, char *err, size_t errlen)
+int crew_wait_ready(struct crew *cr, const struct bench_opts *o, char *err, size_t errlen)
 {
-    int64_t deadline = bench_now_ns() + (int64_t)b->o.timeout_s * 1000000000LL;
+    int64_t deadline = bench_now_ns() + (int64_t)o->timeout_s * 1000000000LL;
     for (;;) {
-        int ready = atomic_load(&b->shared.ready);
-        int failed = atomic_load(&b->shared.failed);
+        int ready = atomic_load(&cr->shared.ready);
+        int failed = atomic_load(&cr->shared.failed);
         if (failed > 0) {
             snprintf(err, errlen, "a client failed to connect (%d of %d ready)", ready,
-                     b->nclients);
+                     cr->nclients);
             return -1;
         }
-        if (ready == b->nclients)
+        if (ready == cr->nclients)
             return 0;
         if (bench_now_ns() > deadline) {
-            snprintf(err, errlen, "only %d of %d clients ready after %d s", ready, b->nclients,
-                     b->o.timeout_s);
+            snprintf(err, errlen, "only %d of %d clients ready after %d s", ready, cr->nclients,
+                     o->timeout_s);
             return -1;
         }
-        sleep_ms(2);
+        bench_sleep_ms(2);
     }
 }
 
-static void stats_merge(struct bench_stats *into, const struct bench_stats *from)
+void bench_stats_merge(struct bench_stats *into, const struct bench_stats *from)
 {
     into->published += from->published;
     into->completed += from->completed;
@@ -206,10 +216,21 @@ static void stats_merge(struct bench_stats *into, const struct bench_stats *from
         into->last_pub_ns = from->last_pub_ns;
     if (from->last_recv_ns > into->last_recv_ns)
         into->last_recv_ns = from->last_recv_ns;
+    if (from->last_ready_ns > into->last_ready_ns)
+        into->last_ready_ns = from->last_ready_ns;
     hist_merge(&into->latency, &from->latency);
 }
 
-static double process_cpu_s(void)
+void crew_collect(const struct crew *cr, struct bench_stats *into, const char **error)
+{
+    for (int i = 0; cr->workers && i < cr->nworkers; i++) {
+        bench_stats_merge(into, &cr->workers[i].st);
+        if (!*error)
+            *error = cr->workers[i].error;
+    }
+}
+
+double bench_process_cpu_s(void)
 {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -223,21 +244,22 @@ static double process_cpu_s(void)
 static void bench_drive_load(struct bench *b, struct bench_result *r)
 {
     const struct bench_opts *o = &b->o;
+    struct bench_shared *sh = &b->crew.shared;
     int64_t start = bench_now_ns();
     int64_t deadline = start + (int64_t)o->timeout_s * 1000000000LL;
     int64_t quiet_since = start;
     int64_t drain_ns = (int64_t)o->drain_ms * 1000000LL;
     uint64_t last_unique = 0;
     bool was_done = false;
-    double cpu0 = process_cpu_s();
+    double cpu0 = bench_process_cpu_s();
 
-    atomic_store(&b->shared.phase, PHASE_RUN);
+    atomic_store(&sh->phase, PHASE_RUN);
     for (;;) {
-        sleep_ms(1);
+        bench_sleep_ms(1);
         int64_t now = bench_now_ns();
-        uint64_t unique = atomic_load(&b->shared.unique);
-        bool done = atomic_load(&b->shared.pubs_done) == o->publishers;
-        if (atomic_load(&b->shared.failed) > 0)
+        uint64_t unique = atomic_load(&sh->unique);
+        bool done = atomic_load(&sh->pubs_done) == o->publishers;
+        if (atomic_load(&sh->failed) > 0)
             break;
         if (unique != last_unique || (done && !was_done))
             quiet_since = now;
@@ -253,18 +275,14 @@ static void bench_drive_load(struct bench *b, struct bench_result *r)
         }
     }
     double wall_s = (double)(bench_now_ns() - start) / 1e9;
-    r->tool_cpu_pct = wall_s > 0 ? 100.0 * (process_cpu_s() - cpu0) / wall_s : 0;
+    r->tool_cpu_pct = wall_s > 0 ? 100.0 * (bench_process_cpu_s() - cpu0) / wall_s : 0;
 }
 
 static void bench_collect(struct bench *b, struct bench_result *r)
 {
     struct bench_stats *t = &r->total;
-    for (int i = 0; i < b->nworkers; i++) {
-        stats_merge(t, &b->workers[i].st);
-        if (!r->error)
-            r->error = b->workers[i].error;
-    }
-    r->failed = atomic_load(&b->shared.failed);
+    crew_collect(&b->crew, t, &r->error);
+    r->failed = atomic_load(&b->crew.shared.failed);
     int64_t end = b->o.subscribers > 0 ? t->last_recv_ns : t->last_pub_ns;
     uint64_t n = b->o.subscribers > 0 ? t->unique : t->completed;
     if (t->first_pub_ns && end > t->first_pub_ns) {
@@ -357,11 +375,11 @@ static void bench_hold_idle(struct bench *b)
     int64_t deadline = bench_now_ns() + (int64_t)b->o.hold_s * 1000000000LL;
     char buf[256];
 
-    while (atomic_load(&b->shared.failed) == 0) {
+    while (atomic_load(&b->crew.shared.failed) == 0) {
         if (b->o.hold_s > 0) {
             if (bench_now_ns() >= deadline)
                 return;
-            sleep_ms(10);
+            bench_sleep_ms(10);
             continue;
         }
         struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
@@ -382,8 +400,8 @@ static int bench_run_idle(struct bench *b, int64_t t0)
     printf("idle %d ready\n", b->nclients);
     fflush(stdout);
     bench_hold_idle(b);
-    int failed = atomic_load(&b->shared.failed);
-    bench_stop(b);
+    int failed = atomic_load(&b->crew.shared.failed);
+    crew_stop(&b->crew);
     if (b->o.json)
         printf("{\"mode\":\"idle\",\"idle\":%d,\"failed\":%d,\"connect_s\":%.3f,\"ok\":%s}\n",
                b->nclients, failed, connect_s, failed ? "false" : "true");
@@ -401,18 +419,25 @@ int bench_run(const struct bench_opts *opts)
     int status = 1;
     int64_t t0 = bench_now_ns();
 
+    if (opts->offline)
+        return offline_run(opts);
     r.expected = (uint64_t)opts->publishers * (uint64_t)opts->count * (uint64_t)opts->subscribers;
+    int nsockets = opts->idle ? opts->idle : opts->subscribers + opts->publishers;
     /* before bench_create: libmosquitto clients open sockets when created */
-    if (bench_raise_nofile(opts, err, sizeof err) < 0 || bench_create(&b, err, sizeof err) < 0)
+    if (bench_raise_nofile(opts, nsockets, err, sizeof err) < 0 ||
+        bench_create(&b, err, sizeof err) < 0 ||
+        bench_resolve(opts->host, opts->port, &b.addr, &b.addrlen, err, sizeof err) < 0)
         goto fail;
-    if (bench_start(&b, err, sizeof err) < 0 || bench_wait_ready(&b, err, sizeof err) < 0)
+    if (crew_start(&b.crew, &b.o, b.clients, b.nclients, (const struct sockaddr *)&b.addr,
+                   b.addrlen, false, err, sizeof err) < 0 ||
+        crew_wait_ready(&b.crew, &b.o, err, sizeof err) < 0)
         goto fail;
     if (b.o.idle) {
         status = bench_run_idle(&b, t0);
         goto out;
     }
     bench_drive_load(&b, &r);
-    bench_stop(&b);
+    crew_stop(&b.crew);
     bench_collect(&b, &r);
     bool ok = result_ok(&b.o, &r);
     if (b.o.json)
@@ -427,7 +452,6 @@ fail:
         printf("{\"mode\":\"%s\",\"ok\":false,\"error\":\"%s\"}\n", b.o.idle ? "idle" : "load",
                err);
 out:
-    bench_stop(&b);
     bench_destroy(&b);
     return status;
 }

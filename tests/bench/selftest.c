@@ -32,28 +32,31 @@ struct parse_case {
     int type, qos; /* when want > 0 */
     unsigned id, code;
     size_t payload_len;
+    bool present; /* CONNACK */
 };
 
 static const struct parse_case parse_cases[] = {
-    {"CONNACK accepted", "20 02 00 00", 4, WIRE_CONNACK, 0, 0, 0, 0},
-    {"CONNACK refused 5", "20 02 00 05", 4, WIRE_CONNACK, 0, 0, 5, 0},
-    {"SUBACK granted 1", "90 03 00 01 01", 5, WIRE_SUBACK, 0, 1, 1, 0},
-    {"SUBACK failure [MQTT-3.9.3-2]", "90 03 00 01 80", 5, WIRE_SUBACK, 0, 1, 0x80, 0},
-    {"PUBLISH QoS 0", "30 05 00 01 74 68 69", 7, WIRE_PUBLISH, 0, 0, 0, 2},
-    {"PUBLISH QoS 1 id 7", "32 07 00 01 74 00 07 68 69", 9, WIRE_PUBLISH, 1, 7, 0, 2},
-    {"PUBLISH QoS 2 id 258", "34 05 00 01 74 01 02", 7, WIRE_PUBLISH, 2, 258, 0, 0},
-    {"PUBLISH QoS 3 [MQTT-3.3.1-4]", "36 05 00 01 74 00 01", -1, 0, 0, 0, 0, 0},
-    {"PUBLISH topic past the end", "30 03 00 05 74", -1, 0, 0, 0, 0, 0},
-    {"PUBACK id 513", "40 02 02 01", 4, WIRE_PUBACK, 0, 513, 0, 0},
-    {"PUBREL flags 0010 [MQTT-3.6.1-1]", "62 02 00 09", 4, WIRE_PUBREL, 0, 9, 0, 0},
-    {"PUBREL flags 0000", "60 02 00 09", -1, 0, 0, 0, 0, 0},
-    {"PUBCOMP 3 bytes", "70 03 00 09 00", -1, 0, 0, 0, 0, 0},
-    {"PINGRESP", "d0 00", 2, WIRE_PINGRESP, 0, 0, 0, 0},
-    {"CONNECT from a server", "10 00", -1, 0, 0, 0, 0, 0},
-    {"incomplete header", "30", 0, 0, 0, 0, 0, 0},
-    {"incomplete body", "32 07 00 01 74 00", 0, 0, 0, 0, 0, 0},
-    {"two-byte length, incomplete", "30 80 01 00 01", 0, 0, 0, 0, 0, 0},
-    {"five length bytes [MQTT-2.2.3]", "30 80 80 80 80 01", -1, 0, 0, 0, 0, 0},
+    {"CONNACK accepted", "20 02 00 00", 4, WIRE_CONNACK, 0, 0, 0, 0, false},
+    {"CONNACK refused 5", "20 02 00 05", 4, WIRE_CONNACK, 0, 0, 5, 0, false},
+    {"CONNACK session present [MQTT-3.2.2-2]", "20 02 01 00", 4, WIRE_CONNACK, 0, 0, 0, 0, true},
+    {"CONNACK reserved flag bit", "20 02 02 00", -1, 0, 0, 0, 0, 0, false},
+    {"SUBACK granted 1", "90 03 00 01 01", 5, WIRE_SUBACK, 0, 1, 1, 0, false},
+    {"SUBACK failure [MQTT-3.9.3-2]", "90 03 00 01 80", 5, WIRE_SUBACK, 0, 1, 0x80, 0, false},
+    {"PUBLISH QoS 0", "30 05 00 01 74 68 69", 7, WIRE_PUBLISH, 0, 0, 0, 2, false},
+    {"PUBLISH QoS 1 id 7", "32 07 00 01 74 00 07 68 69", 9, WIRE_PUBLISH, 1, 7, 0, 2, false},
+    {"PUBLISH QoS 2 id 258", "34 05 00 01 74 01 02", 7, WIRE_PUBLISH, 2, 258, 0, 0, false},
+    {"PUBLISH QoS 3 [MQTT-3.3.1-4]", "36 05 00 01 74 00 01", -1, 0, 0, 0, 0, 0, false},
+    {"PUBLISH topic past the end", "30 03 00 05 74", -1, 0, 0, 0, 0, 0, false},
+    {"PUBACK id 513", "40 02 02 01", 4, WIRE_PUBACK, 0, 513, 0, 0, false},
+    {"PUBREL flags 0010 [MQTT-3.6.1-1]", "62 02 00 09", 4, WIRE_PUBREL, 0, 9, 0, 0, false},
+    {"PUBREL flags 0000", "60 02 00 09", -1, 0, 0, 0, 0, 0, false},
+    {"PUBCOMP 3 bytes", "70 03 00 09 00", -1, 0, 0, 0, 0, 0, false},
+    {"PINGRESP", "d0 00", 2, WIRE_PINGRESP, 0, 0, 0, 0, false},
+    {"CONNECT from a server", "10 00", -1, 0, 0, 0, 0, 0, false},
+    {"incomplete header", "30", 0, 0, 0, 0, 0, 0, false},
+    {"incomplete body", "32 07 00 01 74 00", 0, 0, 0, 0, 0, 0, false},
+    {"two-byte length, incomplete", "30 80 01 00 01", 0, 0, 0, 0, 0, 0, false},
+    {"five length bytes [MQTT-2.2.3]", "30 80 80 80 80 01", -1, 0, 0, 0, 0, 0, false},
 };
 
 static int selftest_parse(void)
@@ -68,7 +71,7 @@ static int selftest_parse(void)
         bool ok = got == t->want;
         if (ok && got > 0)
             ok = pk.type == t->type && pk.qos == t->qos && pk.id == t->id && pk.code == t->code &&
-                 pk.payload_len == t->payload_len;
+                 pk.payload_len == t->payload_len && pk.present == t->present;
         if (!ok) {
             fprintf(stderr, "self-test: parse %s: got %ld (type %d qos %d id %u code %u)\n",
                     t->name, got, pk.type, pk.qos, pk.id, pk.code);
@@ -100,8 +103,11 @@ static int selftest_encode(void)
     unsigned char big[200];
 
     memset(big, 'x', sizeof big);
-    wire_put_connect(&b, "a", 60);
+    wire_put_connect(&b, "a", 60, true);
     failed += expect_bytes("CONNECT", &b, "10 0d 00 04 4d 51 54 54 04 02 00 3c 00 01 61");
+    wire_put_connect(&b, "a", 60, false);
+    failed +=
+        expect_bytes("CONNECT cleanSession=0", &b, "10 0d 00 04 4d 51 54 54 04 00 00 3c 00 01 61");
     wire_put_subscribe(&b, 1, "t/#", 1);
     failed += expect_bytes("SUBSCRIBE", &b, "82 08 00 01 00 03 74 2f 23 01");
     wire_put_publish(&b, "t", 0, 0, "hi", 2);
@@ -146,9 +152,43 @@ static int selftest_hist(void)
     return failed;
 }
 
+/* The offline plan hands out every message exactly once: the rounds of
+ * all clients add up to publishers * count, and a client's rounds differ
+ * from another's by at most one. */
+static int selftest_offline(void)
+{
+    static const struct {
+        int publishers;
+        long count;
+        int clients;
+        uint32_t first, last; /* rounds of client 0 and of the last client */
+    } cases[] = {
+        {3, 5, 4, 4, 3},               /* 15 messages: 4 4 4 3 */
+        {10, 100000, 10000, 100, 100}, /* the full benchmark */
+        {1, 3, 5, 1, 0},               /* fewer messages than clients */
+        {7, 1, 7, 1, 1},
+    };
+    int failed = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct bench_opts o = {.publishers = cases[i].publishers,
+                               .count = cases[i].count,
+                               .offline = cases[i].clients};
+        uint64_t sum = 0;
+        for (int t = 0; t < o.offline; t++)
+            sum += offline_rounds(&o, t);
+        if (sum != offline_total(&o) || offline_rounds(&o, 0) != cases[i].first ||
+            offline_rounds(&o, o.offline - 1) != cases[i].last) {
+            fprintf(stderr, "self-test: offline plan %d x %ld over %d clients: %llu rounds\n",
+                    o.publishers, o.count, o.offline, (unsigned long long)sum);
+            failed++;
+        }
+    }
+    return failed;
+}
+
 int bench_selftest(void)
 {
-    int failed = selftest_parse() + selftest_encode() + selftest_hist();
+    int failed = selftest_parse() + selftest_encode() + selftest_hist() + selftest_offline();
     printf("self-test: %s\n", failed ? "FAILED" : "ok");
     return failed ? 1 : 0;
 }

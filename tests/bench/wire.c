@@ -5,6 +5,7 @@
  * variable header and a payload:
  *
  *   CONNECT    10 len 00 04 'MQTT' 04 flags(02 = clean) keepalive(2) id(2+n)
+ *   CONNACK    20 02 flags(01 = session present) code
  *   PUBLISH    3(dup qos retain) len topic(2+n) [id(2) if qos > 0] message
  *   PUBACK     40 02 id      PUBREC 50 02 id   PUBREL 62 02 id   PUBCOMP 70 02 id
  *   SUBSCRIBE  82 len id(2) filter(2+n) qos
@@ -85,15 +86,15 @@ static void wire_end(struct bbuf *b, const unsigned char *end)
     b->len = (size_t)(end - b->data);
 }
 
-int wire_put_connect(struct bbuf *b, const char *client_id, int keepalive)
+int wire_put_connect(struct bbuf *b, const char *client_id, int keepalive, bool clean)
 {
     size_t idlen = strlen(client_id);
     unsigned char *p = idlen > 65535 ? NULL : wire_begin(b, 0x10, 10 + 2 + idlen);
     if (!p)
         return -1;
     p = put_str(p, "MQTT", 4);
-    *p++ = 4;    /* protocol level 3.1.1 [MQTT-3.1.2-2] */
-    *p++ = 0x02; /* clean session */
+    *p++ = 4;                   /* protocol level 3.1.1 [MQTT-3.1.2-2] */
+    *p++ = clean ? 0x02 : 0x00; /* [MQTT-3.1.2-4] cleanSession flag */
     p = put_u16(p, (unsigned)keepalive);
     p = put_str(p, client_id, idlen);
     wire_end(b, p);
@@ -205,8 +206,10 @@ long wire_parse(const unsigned char *p, size_t len, struct wire_packet *out)
             return -1;
         break;
     case WIRE_CONNACK:
-        if (remaining != 2 || flags)
+        /* bits 7-1 of the acknowledge flags are reserved, 0 (section 3.2.2.1) */
+        if (remaining != 2 || flags || (v[0] & 0xfe))
             return -1;
+        out->present = v[0] & 1; /* [MQTT-3.2.2-2] */
         out->code = v[1];
         break;
     case WIRE_SUBACK:
