@@ -1,5 +1,7 @@
 #include "fs.h"
 
+#include "buf.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -26,4 +28,34 @@ int fs_mkdirs(const char *path, char *err, size_t errlen)
             break;
     }
     return 0;
+}
+
+int fs_read_file(const char *path, size_t max, struct buf *b, char *err, size_t errlen)
+{
+    char chunk[8192];
+    size_t n;
+    int rc = -1;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (b->len + n > max) {
+            snprintf(err, errlen, "cannot read %s: larger than %zu bytes", path, max);
+            goto done;
+        }
+        if (buf_append(b, chunk, n) < 0) {
+            snprintf(err, errlen, "cannot read %s: out of memory", path);
+            goto done;
+        }
+    }
+    if (ferror(f)) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        goto done;
+    }
+    rc = 0;
+done:
+    fclose(f);
+    return rc;
 }

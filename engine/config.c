@@ -52,6 +52,7 @@
 
 #include "../broker/naming.h"
 #include "../common/buf.h"
+#include "../common/fs.h"
 #include "../common/hmap.h"
 #include "../rules/yaml.h"
 
@@ -1329,33 +1330,7 @@ static char *config_dir_of(const char *path)
 /* Read the whole file (at most CONFIG_MAX_FILE_SIZE bytes) into b. */
 static int config_read_file(const char *path, struct buf *b, char *err, size_t errlen)
 {
-    char chunk[8192];
-    size_t n;
-    int rc = -1;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-        return -1;
-    }
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        if (b->len + n > CONFIG_MAX_FILE_SIZE) {
-            snprintf(err, errlen, "cannot read %s: larger than %d bytes", path,
-                     CONFIG_MAX_FILE_SIZE);
-            goto done;
-        }
-        if (buf_append(b, chunk, n) < 0) {
-            snprintf(err, errlen, "cannot read %s: out of memory", path);
-            goto done;
-        }
-    }
-    if (ferror(f)) {
-        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-        goto done;
-    }
-    rc = 0;
-done:
-    fclose(f);
-    return rc;
+    return fs_read_file(path, CONFIG_MAX_FILE_SIZE, b, err, errlen);
 }
 
 int config_load_file(const char *path, struct instance_config *out, char *err, size_t errlen)

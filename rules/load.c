@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "../common/buf.h"
+#include "../common/fs.h"
 #include "rules.h"
 #include "yaml.h"
 
@@ -127,33 +128,7 @@ done:
 /* The whole file into b, refusing more than YAML_MAX_FILE_SIZE bytes. */
 static int load_file(const char *path, struct buf *b, char *err, size_t errlen)
 {
-    char chunk[8192];
-    size_t n;
-    int rc = -1;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-        return -1;
-    }
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        if (b->len + n > YAML_MAX_FILE_SIZE) {
-            snprintf(err, errlen, "cannot read %s: larger than 1 MiB (%d bytes)", path,
-                     YAML_MAX_FILE_SIZE);
-            goto done;
-        }
-        if (buf_append(b, chunk, n) < 0) {
-            snprintf(err, errlen, "cannot read %s: out of memory", path);
-            goto done;
-        }
-    }
-    if (ferror(f)) {
-        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-        goto done;
-    }
-    rc = 0;
-done:
-    fclose(f);
-    return rc;
+    return fs_read_file(path, YAML_MAX_FILE_SIZE, b, err, errlen);
 }
 
 int rules_file_read(const char *path, struct rules_files *files, struct kvlist *out, char *err,

@@ -690,7 +690,7 @@ START_TEST(test_file_errors)
     ck_assert_int_eq(rules_file_read(ok, &files, &items, err, sizeof err), 0);
     ck_assert_uint_eq(items.count, 0);
     ck_assert_int_eq(rules_file_read(large, &files, &items, err, sizeof err), -1);
-    snprintf(want, sizeof want, "cannot read %s: larger than 1 MiB (1048576 bytes)", large);
+    snprintf(want, sizeof want, "cannot read %s: larger than 1048576 bytes", large);
     ck_assert_str_eq(err, want);
     ck_assert_uint_eq(files.count, 1); /* only the file that was read */
     unlink(ok);
