@@ -47,6 +47,7 @@
 #include <mosquitto.h>
 
 #include "bench.h"
+#include "inbound.h"
 
 /* ---- options: one table drives parsing and --help ---- */
 
@@ -268,6 +269,10 @@ int main(int argc, char **argv)
     char err[256];
     bool selftest = false;
 
+    if (inbound_wanted(argc, argv)) {
+        signal(SIGPIPE, SIG_IGN);
+        return inbound_main(argc, argv);
+    }
     int rc = opts_parse(argc, argv, &o, &selftest, err, sizeof err);
     if (rc < 0) {
         fprintf(stderr, "mqbench: %s (try --help)\n", err);
