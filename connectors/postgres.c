@@ -1,16 +1,45 @@
 /* PostgreSQL sink and outbox source (libpq). Each export() call is one
- * transaction sent in pipeline mode: BEGIN, one prepared INSERT per row (two
- * for a status event with an events table), COMMIT, one sync. All or
- * nothing: *acked is n after the COMMIT, 0 otherwise; when the server refuses
- * one row for good the transaction is re-run without it and its index
- * reported.
+ * transaction, all or nothing: *acked is n after its COMMIT, 0 otherwise.
+ *
+ * The fast way, for message rows: BEGIN, then per target of the batch one
+ * `COPY table (columns) FROM STDIN (FORMAT binary)` of its rows in batch
+ * order, streamed in large chunks; the batch's other records (status
+ * events, rows of targets COPY cannot take) as prepared statements in
+ * pipeline mode; COMMIT. COPY has no ON CONFLICT, so a repeat fails it with
+ * unique_violation. Whenever that transaction fails with the connection
+ * alive (a repeat, a refused row, a value only the server can convert), it
+ * is rolled back and the batch goes the idempotent way:
+ *
+ * The INSERT way: in pipeline mode BEGIN, one prepared INSERT per row (two
+ * for a status event with an events table), COMMIT, one sync. When the
+ * server refuses one row for good the transaction is re-run without it and
+ * its index reported.
+ *
+ *   batch m1..m5000 (new)             -> one COPY, COMMIT: acked 5000
+ *   the same batch again (a repeat)   -> COPY: 23505, ROLLBACK; INSERT ...
+ *                                        ON CONFLICT DO NOTHING: nothing added
+ *   m1..m9, m5 refused (CHECK)        -> COPY: 23514, ROLLBACK; INSERTs find
+ *                                        m5: m1..m4 committed, REJECT m5
+ *
+ * COPY is used for a target when its table is a plain or partitioned table
+ * without rules or row-level security and every column takes one of the
+ * binary encodings below (checked once per connection); else its rows go
+ * by INSERT. Values reach COPY exactly as the INSERT's text and binary
+ * parameters would reach the columns: bytes for text, varchar, char, json
+ * and jsonb (version 1 prefix), the payload's bytes for bytea, big-endian
+ * integers for smallint/integer/bigint, microseconds since 2000-01-01 for
+ * timestamptz. A value whose conversion only the server knows (an integer
+ * column given "4.5" or " 7", a zero byte in text, a backslash for bytea)
+ * sends the batch the INSERT way, where the server decides.
  *
  * Outbound rule: default schema (create_table: true, or made by the owner)
  *   msg_id TEXT PRIMARY KEY, topic TEXT NOT NULL, client_id TEXT NOT NULL,
  *   qos SMALLINT NOT NULL, payload BYTEA NOT NULL, ts TIMESTAMPTZ NOT NULL
  * or the rule's `columns` (column -> template; msg_id = ${msgid} added
  * unless mapped). Repeats are harmless: ON CONFLICT (msg_id) DO NOTHING,
- * which needs a unique index on msg_id. Values are text parameters whose
+ * which needs a unique index on msg_id (the INSERT is prepared for every
+ * target, COPY or not, so a table without one is refused up front, and a
+ * repeat always fails the COPY). INSERT values are text parameters whose
  * types the server infers from the columns, except the payload, sent in
  * binary when its column is bytea or text-like, so zero bytes survive.
  *
@@ -34,7 +63,7 @@
  * permissions) -> CONNECTOR_RETRY, the records wait (a source knows only
  * RETRY: rows not acknowledged come again). Table and column names reach SQL
  * only after the identifier check at compile time and PQescapeIdentifier on
- * the connection; data only as $n parameters. */
+ * the connection; data only as $n parameters or COPY data. */
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
@@ -52,10 +81,41 @@
 #include "connector.h"
 
 #define PG_MAX_COLUMNS 64
-#define PG_CACHE_KEEP 256 /* prepared targets kept per connection */
+#define PG_CACHE_KEEP 256            /* prepared targets kept per connection */
+#define PG_COPY_CHUNK (256u * 1024u) /* COPY data handed to libpq at once */
+/* export's own outcome next to enum connector_rc: nothing was committed,
+ * the connection is fine, run the batch the INSERT way. */
+#define PG_FALLBACK 1
+/* A value for COPY that only the server can convert (pg_copy_field). */
+#define PG_DECLINE 1
 
-/* Type OIDs (pg_type.h is server-side): payloads go binary to these. */
-enum { PG_BYTEA = 17, PG_TEXT = 25, PG_BPCHAR = 1042, PG_VARCHAR = 1043 };
+/* Type OIDs (pg_type.h is server-side): payloads go binary to these, and
+ * COPY knows the binary form of all of them. */
+enum {
+    PG_BYTEA = 17,
+    PG_INT8 = 20,
+    PG_INT2 = 21,
+    PG_INT4 = 23,
+    PG_TEXT = 25,
+    PG_JSON = 114,
+    PG_BPCHAR = 1042,
+    PG_VARCHAR = 1043,
+    PG_TIMESTAMPTZ = 1184,
+    PG_JSONB = 3802,
+};
+
+/* How a column's value goes into a binary COPY tuple. */
+enum pg_enc {
+    ENC_NONE = 0,    /* no binary form here: the target's rows go by INSERT */
+    ENC_TEXT,        /* text, varchar, char: the bytes (no zero byte) */
+    ENC_JSON,        /* json: the text */
+    ENC_JSONB,       /* jsonb: version byte 1, the text */
+    ENC_BYTEA,       /* the payload's bytes; other text without a backslash */
+    ENC_INT2,        /* smallint, integer, bigint: big endian, from qos or */
+    ENC_INT4,        /* from a plain decimal ("-12", not " 12", "1e3", "") */
+    ENC_INT8,        /*   */
+    ENC_TIMESTAMPTZ, /* the record's time: microseconds since 2000-01-01 UTC */
+};
 
 /* ---- Settings and rule options, as data --------------------------------- */
 
@@ -153,6 +213,8 @@ struct pg_prepared {
     uint64_t target_id;
     char write[24], events[24];      /* statement names; events "" when none */
     int formats[PG_MAX_COLUMNS + 1]; /* outbound: per parameter, 1 = binary */
+    bool copy;                       /* outbound: rows go by binary COPY */
+    uint8_t enc[PG_MAX_COLUMNS + 1]; /* with copy: per column, enum pg_enc */
 };
 
 struct connector {
@@ -167,6 +229,9 @@ struct connector {
     size_t ncache, capcache;
     uint64_t next_statement;
     struct buf values; /* rendered values of one row */
+    struct buf copy;   /* COPY data not yet handed to libpq */
+    bool *copied;      /* per record of a batch: written by COPY */
+    size_t capcopied;
 };
 
 /* ---- Small helpers ------------------------------------------------------ */
@@ -319,7 +384,9 @@ static void pg_destroy(struct connector *c)
         return;
     pg_close(c);
     free(c->cache);
+    free(c->copied);
     buf_free(&c->values);
+    buf_free(&c->copy);
     free(c->display);
     free(c->conninfo);
     free(c->name);
@@ -591,6 +658,14 @@ static int pg_outbound_insert_sql(struct buf *b, PGconn *pg, const struct pg_tar
     return rc || pg_sql(b, ") ON CONFLICT (msg_id) DO NOTHING") || pg_sql_end(b);
 }
 
+static int pg_outbound_copy_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
+{
+    int rc = pg_sql(b, "COPY ") || pg_sql_table(b, pg, &t->table) || pg_sql(b, " (");
+    for (unsigned i = 0; i < t->ncols && !rc; i++)
+        rc = pg_sql(b, i ? ", " : "") || pg_sql_ident(b, pg, t->cols[i].name);
+    return rc || pg_sql(b, ") FROM STDIN (FORMAT binary)") || pg_sql_end(b);
+}
+
 static int pg_state_create_sql(struct buf *b, PGconn *pg, const struct pg_target *t)
 {
     return pg_sql(b, "CREATE TABLE IF NOT EXISTS ") || pg_sql_table(b, pg, &t->table) ||
@@ -715,6 +790,101 @@ static int pg_payload_formats(struct connector *c, const struct pg_target *t, st
     return rc;
 }
 
+/* The binary COPY form of a column of this type fed from this source;
+ * ENC_NONE when only the INSERT's conversion would do (the record's time
+ * goes into timestamptz only: INSERT converts it into other types in the
+ * session's time zone and DateStyle). */
+static enum pg_enc pg_enc_of(Oid type, const struct pg_column *col)
+{
+    if (col->src == SRC_TIME)
+        return type == PG_TIMESTAMPTZ ? ENC_TIMESTAMPTZ : ENC_NONE;
+    switch (type) {
+    case PG_TEXT:
+    case PG_VARCHAR:
+    case PG_BPCHAR:
+        return ENC_TEXT;
+    case PG_JSON:
+        return ENC_JSON;
+    case PG_JSONB:
+        return ENC_JSONB;
+    case PG_BYTEA:
+        return ENC_BYTEA;
+    case PG_INT2:
+        return ENC_INT2;
+    case PG_INT4:
+        return ENC_INT4;
+    case PG_INT8:
+        return ENC_INT8;
+    default:
+        return ENC_NONE;
+    }
+}
+
+/* The table's kind; whether COPY would bypass its rules or hit row-level
+ * security (COPY FROM refuses it); whether msg_id has the unique index ON
+ * CONFLICT (msg_id) infers (valid, immediate, no predicate or expression):
+ * only then does a repeat fail the COPY rather than add a row twice; and
+ * its columns' types. */
+#define PG_COPY_PLAN_SQL \
+    "SELECT c.relkind::text, (c.relhasrules OR c.relrowsecurity)::text, " \
+    "EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute k " \
+    "ON k.attrelid = i.indrelid AND k.attnum = i.indkey[0] WHERE i.indrelid = c.oid " \
+    "AND i.indisunique AND i.indimmediate AND i.indisvalid AND i.indnkeyatts = 1 " \
+    "AND i.indpred IS NULL AND i.indexprs IS NULL AND k.attname = 'msg_id')::text, " \
+    "a.attname::text, a.atttypid::int8, format_type(a.atttypid, a.atttypmod) " \
+    "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid " \
+    "WHERE c.oid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped"
+
+/* Outbound: can the target's rows go by COPY, and each column how? Else
+ * they go by INSERT (logged once per connection, with the reason). */
+static int pg_copy_plan(struct connector *c, const struct pg_target *t, struct pg_prepared *p,
+                        char *err, size_t errlen)
+{
+    struct buf name = {0};
+    char line[256], why[200] = "";
+    p->copy = false;
+    if (pg_sql_table(&name, c->pg, &t->table) || pg_sql_end(&name)) {
+        buf_free(&name);
+        return pg_fail(err, errlen, "table %s: out of memory", t->table.text);
+    }
+    const char *params[1] = {(const char *)name.data};
+    PGresult *res = PQexecParams(c->pg, PG_COPY_PLAN_SQL, 1, NULL, params, NULL, NULL, 0);
+    buf_free(&name);
+    int rows = PQntuples(res);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 6 || rows < 1) {
+        pg_fail(err, errlen, "table %s: reading its column types: %s", t->table.text,
+                PQresultStatus(res) == PGRES_TUPLES_OK ? "no columns"
+                                                       : pg_result_text(res, line, sizeof line));
+        PQclear(res);
+        return -1;
+    }
+    const char *kind = PQgetvalue(res, 0, 0);
+    if (strcmp(kind, "r") != 0 && strcmp(kind, "p") != 0)
+        snprintf(why, sizeof why, "not a plain or partitioned table (relkind '%s')", kind);
+    else if (!strcmp(PQgetvalue(res, 0, 1), "true"))
+        snprintf(why, sizeof why, "it has rules or row-level security");
+    else if (strcmp(PQgetvalue(res, 0, 2), "true") != 0)
+        snprintf(why, sizeof why, "no unique index on msg_id alone");
+    for (unsigned i = 0; i < t->ncols && !why[0]; i++) {
+        int row = 0;
+        while (row < rows && strcmp(PQgetvalue(res, row, 3), t->cols[i].name) != 0)
+            row++;
+        Oid type = row < rows ? (Oid)strtoul(PQgetvalue(res, row, 4), NULL, 10) : 0;
+        p->enc[i] = (uint8_t)pg_enc_of(type, &t->cols[i]);
+        if (p->enc[i] == ENC_NONE)
+            snprintf(why, sizeof why, "column %s is %s", t->cols[i].name,
+                     row < rows ? PQgetvalue(res, row, 5) : "missing");
+    }
+    PQclear(res);
+    p->copy = !why[0];
+    if (p->copy)
+        log_debug("connector %s: table %s: rows go by COPY", c->name, t->table.text);
+    else
+        log_notice("connector %s: table %s: rows go by INSERT, not COPY: %s", c->name,
+                   t->table.text, why);
+    return 0;
+}
+
 typedef int (*pg_sql_fn)(struct buf *b, PGconn *pg, const struct pg_target *t);
 
 /* Build a statement with fn, then run it (name NULL) or prepare it as name. */
@@ -753,7 +923,8 @@ static int pg_prepare_target(struct connector *c, const struct pg_target *t, str
                      errlen) < 0)
         return -1;
     if (!status)
-        return pg_payload_formats(c, t, p, err, errlen);
+        return pg_payload_formats(c, t, p, err, errlen) < 0 ? -1
+                                                            : pg_copy_plan(c, t, p, err, errlen);
     if (!t->events.table)
         return 0;
     snprintf(p->events, sizeof p->events, "mqb_e%" PRIu64, k);
@@ -1060,19 +1231,23 @@ static size_t pg_record_of(struct export_record *const *recs, size_t n, unsigned
 
 /* One transaction for recs[0..n) in pipeline mode. CONNECTOR_OK when
  * committed; CONNECTOR_REJECT with *bad when the server (or the encoding)
- * refused recs[*bad] (nothing committed); CONNECTOR_RETRY otherwise. */
+ * refused recs[*bad] (nothing committed); CONNECTOR_RETRY otherwise.
+ * With `copied` (the COPY way), the transaction is open already and holds
+ * the records copied[i] marks: the others follow and COMMIT ends it; any
+ * failure is PG_FALLBACK (rolled back) or CONNECTOR_RETRY (broken). */
 static int pg_pipeline(struct connector *c, struct export_record *const *recs, size_t n,
-                       size_t *bad, char *err, size_t errlen)
+                       const bool *copied, size_t *bad, char *err, size_t errlen)
 {
     struct pg_failure f = {0};
     char enc_err[256] = "";
     size_t sent = 0;
-    unsigned nq = 1;
+    unsigned nq = copied ? 0 : 1;
     int enc = 0;
-    if (!PQenterPipelineMode(c->pg) || !pg_send_simple(c->pg, "BEGIN"))
+    if (!PQenterPipelineMode(c->pg) || (!copied && !pg_send_simple(c->pg, "BEGIN")))
         goto broken;
     for (; sent < n; sent++)
-        if ((enc = pg_send_record(c, recs[sent], &nq, enc_err, sizeof enc_err)) != 0)
+        if ((!copied || !copied[sent]) &&
+            (enc = pg_send_record(c, recs[sent], &nq, enc_err, sizeof enc_err)) != 0)
             break;
     if (enc == -2)
         goto broken;
@@ -1083,6 +1258,10 @@ static int pg_pipeline(struct connector *c, struct export_record *const *recs, s
         goto broken;
     if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
         PQclear(PQexec(c->pg, "ROLLBACK"));
+    if (copied && (f.seen || enc)) {
+        pg_fail(err, errlen, "%s", f.seen ? f.text : enc_err);
+        return PG_FALLBACK;
+    }
     /* A server failure can only concern records up to the one that could
      * not be encoded: it comes first. */
     if (f.seen) {
@@ -1111,6 +1290,335 @@ broken:
     return CONNECTOR_RETRY;
 }
 
+/* ---- COPY ---------------------------------------------------------------- */
+
+/* Binary COPY: signature, flags, header extension length; each tuple is
+ * an int16 field count and per field an int32 length and the value; the
+ * trailer an int16 -1. Integers big endian. */
+static const uint8_t pg_copy_header[19] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n'};
+static const uint8_t pg_copy_trailer[2] = {0xff, 0xff};
+
+/* Unix epoch to PostgreSQL's (2000-01-01 UTC), in ms; the times COPY
+ * takes as they are (far inside timestamptz's range, and exact in the
+ * INSERT's float8 arithmetic). */
+#define PG_EPOCH_MS INT64_C(946684800000)
+#define PG_TIME_MS_LIMIT INT64_C(4000000000000000) /* about 126,000 years */
+
+static void pg_be(uint8_t *out, uint64_t v, unsigned bytes)
+{
+    for (unsigned i = 0; i < bytes; i++)
+        out[i] = (uint8_t)(v >> (8 * (bytes - 1 - i)));
+}
+
+static int pg_put_be(struct buf *b, uint64_t v, unsigned bytes)
+{
+    uint8_t out[8];
+    pg_be(out, v, bytes);
+    return buf_append(b, out, bytes);
+}
+
+/* A plain decimal "-?[0-9]+" in range for an ENC_INT* column; false for
+ * anything the server's parser might read otherwise (spaces, "+", "1e3",
+ * "0x1F") or refuse: the server decides those. */
+static bool pg_decimal(const uint8_t *s, size_t len, enum pg_enc enc, int64_t *out)
+{
+    bool neg = len > 0 && s[0] == '-';
+    size_t i = neg;
+    uint64_t v = 0, max = enc == ENC_INT2 ? 32767 : enc == ENC_INT4 ? 2147483647 : INT64_MAX;
+    if (i == len)
+        return false;
+    for (; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9' || v > (max + neg - (s[i] - '0')) / 10)
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return true;
+}
+
+/* Append a text-like column's value as the INSERT would send it (the time
+ * column never comes here: pg_enc_of). 0, or -1 when out of memory. */
+static int pg_copy_text(const struct pg_column *col, const struct export_record *rec,
+                        struct buf *out)
+{
+    char num[24];
+    int len;
+    switch (col->src) {
+    case SRC_MSG_ID:
+        len = snprintf(num, sizeof num, "%016" PRIx64, rec->msg_id);
+        return buf_append(out, num, (size_t)len);
+    case SRC_QOS:
+        len = snprintf(num, sizeof num, "%u", rec->qos);
+        return buf_append(out, num, (size_t)len);
+    case SRC_TOPIC:
+        return buf_append(out, rec->topic ? rec->topic : "", rec->topic ? strlen(rec->topic) : 0);
+    case SRC_CLIENT_ID:
+        return buf_append(out, rec->client_id ? rec->client_id : "",
+                          rec->client_id ? strlen(rec->client_id) : 0);
+    case SRC_PAYLOAD:
+        return buf_append(out, rec->payload, rec->payload_len);
+    case SRC_TEMPLATE:
+        if (col->payload) /* "${payload}" renders the bytes as they are */
+            return buf_append(out, rec->payload, rec->payload_len);
+        {
+            struct template_input in = {
+                .client_id = rec->client_id,
+                .topic = rec->topic,
+                .qos = rec->qos,
+                .msg_id = rec->msg_id,
+                .time_ms = rec->time_ms,
+                .payload = rec->payload,
+                .payload_len = rec->payload_len,
+            };
+            return template_render(col->tpl, &in, out);
+        }
+    case SRC_TIME:
+        break;
+    }
+    return -1;
+}
+
+/* Append one field (length, value) to c->copy. 0, PG_DECLINE (the
+ * server must convert it: the batch goes the INSERT way) or -1 (out of
+ * memory). */
+static int pg_copy_field(struct connector *c, const struct pg_column *col, enum pg_enc enc,
+                         const struct export_record *rec)
+{
+    struct buf *b = &c->copy;
+    size_t at = b->len, from;
+    int64_t v = 0;
+    if (buf_reserve(b, 12) < 0)
+        return -1;
+    b->len += 4; /* the length, filled in below */
+    from = b->len;
+    switch (enc) {
+    case ENC_TIMESTAMPTZ:
+        if (rec->time_ms < -PG_TIME_MS_LIMIT || rec->time_ms > PG_TIME_MS_LIMIT)
+            return PG_DECLINE;
+        pg_put_be(b, (uint64_t)((rec->time_ms - PG_EPOCH_MS) * 1000), 8);
+        break;
+    case ENC_INT2:
+    case ENC_INT4:
+    case ENC_INT8:
+        if (col->src == SRC_QOS) {
+            v = rec->qos;
+        } else {
+            buf_reset(&c->values);
+            if (pg_copy_text(col, rec, &c->values) < 0)
+                return -1;
+            if (!pg_decimal(c->values.data, c->values.len, enc, &v))
+                return PG_DECLINE;
+        }
+        pg_put_be(b, (uint64_t)v, enc == ENC_INT2 ? 2 : enc == ENC_INT4 ? 4 : 8);
+        break;
+    case ENC_JSONB:
+        buf_append_u8(b, 1); /* room reserved above */
+        from = b->len;
+        /* fall through */
+    case ENC_TEXT:
+    case ENC_JSON:
+    case ENC_BYTEA: {
+        if (pg_copy_text(col, rec, b) < 0)
+            return -1;
+        size_t len = b->len - from;
+        bool raw = enc == ENC_BYTEA && (col->src == SRC_PAYLOAD || col->payload);
+        if (!raw && len &&
+            (memchr(b->data + from, 0, len) ||
+             (enc == ENC_BYTEA && memchr(b->data + from, '\\', len))))
+            return PG_DECLINE; /* text never holds a zero byte; bytea escapes */
+        break;
+    }
+    case ENC_NONE:
+        return PG_DECLINE;
+    }
+    if (b->len - at - 4 > INT32_MAX)
+        return PG_DECLINE; /* the server refuses it anyway */
+    pg_be(b->data + at, b->len - at - 4, 4);
+    return 0;
+}
+
+static int pg_copy_row(struct connector *c, const struct pg_target *t, const struct pg_prepared *p,
+                       const struct export_record *rec)
+{
+    size_t start = c->copy.len;
+    int rc = pg_put_be(&c->copy, t->ncols, 2);
+    for (unsigned i = 0; i < t->ncols && rc == 0; i++)
+        rc = pg_copy_field(c, &t->cols[i], (enum pg_enc)p->enc[i], rec);
+    if (rc != 0)
+        c->copy.len = start;
+    return rc;
+}
+
+/* The prepared target of a record when its rows go by COPY, else NULL. */
+static struct pg_prepared *pg_copy_prepared(struct connector *c, const struct export_record *rec)
+{
+    const struct pg_target *t = rec->rule->compiled;
+    struct pg_prepared *p = t->type == RULE_OUTBOUND ? pg_prepared_find(c, t->id) : NULL;
+    return p && p->copy ? p : NULL;
+}
+
+/* The end of a COPY: its result and the NULL after it. 0 when the server
+ * took the rows, else -1 with err and, when the server said why, *stale:
+ * it could not read the binary values (the table changed since
+ * pg_copy_plan looked at it). */
+static int pg_copy_result(struct connector *c, const struct pg_target *t, bool *stale, char *err,
+                          size_t errlen)
+{
+    struct pg_failure f = {0};
+    PGresult *res = PQgetResult(c->pg), *extra;
+    int rc = PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : -1;
+    if (rc < 0) {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        /* invalid_binary_representation, protocol_violation */
+        *stale = state && (!strcmp(state, "22P03") || !strcmp(state, "08P01"));
+        pg_failure_note(c->pg, &f, 0, res);
+        pg_fail(err, errlen, "table %s: COPY: %s", t->table.text, f.text);
+    }
+    PQclear(res);
+    for (int guard = 0; guard < 8 && (extra = PQgetResult(c->pg)) != NULL; guard++)
+        PQclear(extra);
+    return rc;
+}
+
+/* One COPY, in the open transaction, of the rows of p's target from
+ * recs[first] on, in order, marked in c->copied. 0, PG_FALLBACK or
+ * CONNECTOR_RETRY (the connection is broken), with err. */
+static int pg_copy_rows(struct connector *c, struct export_record *const *recs, size_t n,
+                        size_t first, struct pg_prepared *p, char *err, size_t errlen)
+{
+    const struct pg_target *t = recs[first]->rule->compiled;
+    struct buf *b = &c->copy;
+    char line[256];
+    bool stale = false;
+    int rc = 0;
+    buf_reset(b);
+    if (pg_outbound_copy_sql(b, c->pg, t) != 0) {
+        pg_fail(err, errlen, "table %s: out of memory", t->table.text);
+        return PG_FALLBACK;
+    }
+    PGresult *res = PQexec(c->pg, (const char *)b->data);
+    if (PQresultStatus(res) != PGRES_COPY_IN) {
+        /* COPY itself is refused (the table changed since it was looked
+         * at?): this connection writes the target's rows by INSERT. */
+        pg_fail(err, errlen, "table %s: COPY: %s", t->table.text,
+                pg_result_text(res, line, sizeof line));
+        PQclear(res);
+        if (PQstatus(c->pg) != CONNECTION_OK)
+            return CONNECTOR_RETRY;
+        log_warn("connector %s: %s; rows go by INSERT on this connection", c->name, err);
+        p->copy = false;
+        return PG_FALLBACK;
+    }
+    PQclear(res);
+    buf_reset(b);
+    buf_append(b, pg_copy_header, sizeof pg_copy_header); /* into the kept capacity */
+    for (size_t j = first; j < n && rc == 0; j++) {
+        if (recs[j]->rule->compiled != t)
+            continue;
+        rc = pg_copy_row(c, t, p, recs[j]);
+        c->copied[j] = true;
+        if (rc == 0 && b->len >= PG_COPY_CHUNK) {
+            if (PQputCopyData(c->pg, (const char *)b->data, (int)b->len) != 1)
+                goto broken;
+            buf_reset(b);
+        }
+    }
+    if (rc == 0 && buf_append(b, pg_copy_trailer, sizeof pg_copy_trailer) < 0)
+        rc = -1;
+    if (rc == 0 && PQputCopyData(c->pg, (const char *)b->data, (int)b->len) != 1)
+        goto broken;
+    /* A value the server must convert, or no memory: abort the COPY. */
+    if (PQputCopyEnd(c->pg, rc == 0            ? NULL
+                            : rc == PG_DECLINE ? "mqbridge: a value for the INSERT way"
+                                               : "mqbridge: out of memory") != 1)
+        goto broken;
+    if (pg_copy_result(c, t, &stale, err, errlen) == 0 && rc == 0)
+        return 0;
+    if (PQstatus(c->pg) != CONNECTION_OK)
+        return CONNECTOR_RETRY; /* err: the server's last word, or libpq's */
+    if (stale) {
+        log_warn("connector %s: %s; rows go by INSERT on this connection", c->name, err);
+        p->copy = false;
+    }
+    if (rc == PG_DECLINE)
+        pg_fail(err, errlen, "table %s: a value only the server can convert", t->table.text);
+    else if (rc < 0)
+        pg_fail(err, errlen, "table %s: out of memory", t->table.text);
+    return PG_FALLBACK;
+broken:
+    pg_fail(err, errlen, "table %s: COPY: %s", t->table.text,
+            pg_first_line(PQerrorMessage(c->pg), line, sizeof line));
+    return CONNECTOR_RETRY;
+}
+
+/* A statement outside pipeline mode that must say `tag` ("BEGIN",
+ * "COMMIT": a COMMIT of a failed transaction says "ROLLBACK"). */
+static int pg_exec_tag(struct connector *c, const char *sql, const char *tag, char *err,
+                       size_t errlen)
+{
+    char line[256];
+    PGresult *res = PQexec(c->pg, sql);
+    int rc = PQresultStatus(res) == PGRES_COMMAND_OK && !strcmp(PQcmdStatus(res), tag) ? 0 : -1;
+    if (rc < 0)
+        pg_fail(err, errlen, "%s: %s", sql,
+                PQresultStatus(res) == PGRES_COMMAND_OK ? PQcmdStatus(res)
+                                                        : pg_result_text(res, line, sizeof line));
+    PQclear(res);
+    return rc;
+}
+
+/* The COPY way for recs[0..n) (see the top of the file): one transaction,
+ * one COPY per COPY target in the order they first appear, each with its
+ * rows in batch order, the other records pipelined, COMMIT. CONNECTOR_OK
+ * when committed; CONNECTOR_RETRY when the connection broke (closed);
+ * PG_FALLBACK when nothing was committed and the connection is fine (no
+ * COPY target in the batch, a repeat, a refused row, a value for the
+ * server to convert). */
+static int pg_copy_transaction(struct connector *c, struct export_record *const *recs, size_t n,
+                               char *err, size_t errlen)
+{
+    char why[512];
+    size_t copies = 0, bad = 0;
+    int rc = PG_FALLBACK;
+    if (n > c->capcopied) {
+        bool *p = realloc(c->copied, n * sizeof *p);
+        if (!p)
+            return PG_FALLBACK;
+        c->copied = p;
+        c->capcopied = n;
+    }
+    memset(c->copied, 0, n * sizeof *c->copied);
+    for (size_t i = 0; i < n; i++)
+        copies += pg_copy_prepared(c, recs[i]) != NULL;
+    if (copies == 0)
+        return PG_FALLBACK;
+    if (pg_exec_tag(c, "BEGIN", "BEGIN", err, errlen) < 0)
+        goto failed;
+    for (size_t i = 0; i < n; i++) {
+        struct pg_prepared *p = c->copied[i] ? NULL : pg_copy_prepared(c, recs[i]);
+        if (p && (rc = pg_copy_rows(c, recs, n, i, p, err, errlen)) != 0)
+            goto failed;
+    }
+    if (copies < n) {
+        rc = pg_pipeline(c, recs, n, c->copied, &bad, err, errlen);
+        return rc == CONNECTOR_OK || !c->pg ? rc : PG_FALLBACK; /* !c->pg: closed, RETRY */
+    }
+    if (pg_exec_tag(c, "COMMIT", "COMMIT", err, errlen) == 0 &&
+        PQtransactionStatus(c->pg) == PQTRANS_IDLE)
+        return CONNECTOR_OK;
+failed:
+    if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+        PQclear(PQexec(c->pg, "ROLLBACK"));
+    if (PQstatus(c->pg) == CONNECTION_OK && PQtransactionStatus(c->pg) == PQTRANS_IDLE) {
+        log_debug("connector %s: %s: the batch goes the INSERT way", c->name, err);
+        return PG_FALLBACK;
+    }
+    snprintf(why, sizeof why, "%s", err);
+    pg_fail(err, errlen, "%s: %s", c->display, why);
+    pg_close(c);
+    return CONNECTOR_RETRY;
+}
+
 /* ---- Export -------------------------------------------------------------- */
 
 /* recs[0..n): prepare their targets, then one transaction; after a refused
@@ -1120,7 +1628,7 @@ static int pg_export(struct connector *c, struct export_record *const *recs, siz
 {
     char prep_err[320] = "", reject_err[512] = "";
     size_t ready = 0, lim, bad = 0;
-    bool mismatch = false;
+    bool mismatch = false, copy;
     *acked = 0;
     if (!c->pg || PQstatus(c->pg) != CONNECTION_OK) {
         pg_fail(err, errlen, "%s: not connected", c->display);
@@ -1138,8 +1646,12 @@ static int pg_export(struct connector *c, struct export_record *const *recs, siz
         if (pg_target_ready(c, t, prep_err, sizeof prep_err) < 0)
             break;
     }
-    for (lim = ready; lim > 0;) {
-        int rc = pg_pipeline(c, recs, lim, &bad, err, errlen);
+    /* The COPY way first; after a refused row the INSERT way finds it, and
+     * runs the rows before it again. */
+    for (lim = ready, copy = true; lim > 0; copy = false) {
+        int rc = copy ? pg_copy_transaction(c, recs, lim, err, errlen) : PG_FALLBACK;
+        if (rc == PG_FALLBACK)
+            rc = pg_pipeline(c, recs, lim, NULL, &bad, err, errlen);
         if (rc == CONNECTOR_OK)
             break;
         if (rc == CONNECTOR_RETRY)
