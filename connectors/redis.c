@@ -1,8 +1,8 @@
 /* Redis connector (hiredis, blocking context on the connector thread).
  *
  * Rule: export() pipelines the batch (in chunks), reads every reply in
- * order and acknowledges the prefix of records whose replies are not
- * errors. An error reply is a REJECT of that record (WRONGTYPE, ...)
+ * order and acknowledges the prefix of records whose replies were read and
+ * are not errors. An error reply is a REJECT of that record (WRONGTYPE, ...)
  * unless it says the server is only temporarily unable (LOADING, BUSY,
  * READONLY, OOM, NOAUTH, MOVED ...): then RETRY. A lost connection or a
  * timeout is a RETRY. Examples, for a batch of 4 XADDs:
@@ -20,8 +20,9 @@
  *   state {seq 7, channel B, online 1}, event tcpclean seq 9 channel A -> unchanged
  *   state {seq 7, channel B, online 1}, event tcpclean seq 9 channel B -> online 0
  *
- * Commands are always argument vectors (redisAppendCommandArgv): topic,
- * client and payload data never become command text.
+ * Commands are encoded by the connector itself, every argument a counted
+ * string (topic, client and payload data never become command text), and
+ * pipelined with two chunks in flight (see the export section).
  *
  * Inbound rules (source_*): a stream read through a consumer group, acked
  * after the broker committed (at least once), or a Pub/Sub channel (best
@@ -36,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -46,8 +48,14 @@
 enum {
     REDIS_CONNECT_TIMEOUT_MS = 2000,
     REDIS_COMMAND_TIMEOUT_MS = 5000,
-    REDIS_CHUNK = 1000, /* records per pipelined round trip */
-    REDIS_ARGS_MAX = 24,
+    REDIS_CHUNK = 1000, /* source: entry ids per XACK */
+    /* export: records and bytes per chunk written at once (a chunk ends
+     * after the record that crosses the byte limit), chunks in flight, and
+     * the send buffer kept between batches */
+    REDIS_SEND_RECORDS = 1000,
+    REDIS_SEND_BYTES = 256 * 1024,
+    REDIS_WINDOW = 2,
+    REDIS_SEND_KEEP = 4 * 1024 * 1024,
 };
 
 static const struct kv_key redis_settings[] = {
@@ -160,7 +168,8 @@ struct redis_conn {
     uint64_t skip_first, skip_last;
     unsigned char *out; /* enum redis_outcome per record of the batch */
     size_t out_cap;
-    struct buf key, key2; /* rendering scratch */
+    struct buf key;  /* rendering scratch */
+    struct buf wbuf; /* commands to send (see the export section) */
 };
 
 static struct redis_conn *redis_of(struct connector *c)
@@ -400,7 +409,7 @@ static void redis_destroy(struct connector *c)
     redis_close(c);
     redis_url_clear(&rc->url);
     buf_free(&rc->key);
-    buf_free(&rc->key2);
+    buf_free(&rc->wbuf);
     free(rc->out);
     free(rc->name);
     free(rc);
@@ -699,23 +708,117 @@ static void redis_close(struct connector *c)
     rc->skip_valid = false;
 }
 
-/* ---- export (connector thread) ------------------------------------------ */
+/* ---- export (connector thread) ------------------------------------------
+ *
+ * Commands are encoded here, straight into one buffer in the protocol's
+ * own form: "*<argc>\r\n", then "$<len>\r\n<bytes>\r\n" per argument.
+ * Every argument is a counted string, so topic, client and payload data
+ * are never parsed as command text (payloads are binary safe). A chunk of
+ * up to REDIS_SEND_RECORDS records (REDIS_SEND_BYTES bytes) is written
+ * with blocking send()s, and up to REDIS_WINDOW chunks are in flight:
+ * chunk k+1 is encoded and written before the replies of chunk k are
+ * read, so encoding, the server's work and reading overlap. For a batch
+ * of 2,500 with chunks of 1,000 and a window of 2:
+ *   send 0..999, send 1000..1999, read 0..999, send 2000..2499,
+ *   read 1000..1999, read 2000..2499
+ * The server never blocks on us: it keeps the replies it cannot send yet.
+ * Replies are read in order. After a failure nothing more is written, but
+ * the chunks in flight are read to the end (the pipeline stays in step,
+ * and a REJECT knows which later records were written). */
 
-struct redis_args {
-    int argc;
-    const char *argv[REDIS_ARGS_MAX];
-    size_t lens[REDIS_ARGS_MAX];
-};
+/* The room a command of `args` arguments needs beyond the bytes of its
+ * variable arguments: per argument '$', up to 20 digits and 2 x CRLF, the
+ * same again for the "*<argc>" header, and 128 for the literal arguments
+ * (names, numbers, the script's sha) of any command here. */
+#define RESP_ROOM(args) (((args) + 1) * 25 + 128)
 
-static void redis_arg(struct redis_args *a, const void *p, size_t len)
+/* Decimal digits of v at p; returns the end. */
+static char *resp_digits(char *p, uint64_t v)
 {
-    a->argv[a->argc] = p;
-    a->lens[a->argc++] = len;
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[sizeof tmp - ++n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    memcpy(p, tmp + sizeof tmp - n, n);
+    return p + n;
 }
 
-static void redis_arg_str(struct redis_args *a, const char *s)
+static char *resp_crlf(char *p)
 {
-    redis_arg(a, s, strlen(s));
+    p[0] = '\r';
+    p[1] = '\n';
+    return p + 2;
+}
+
+/* "*<argc>\r\n": a command of argc arguments follows. */
+static char *resp_array(char *p, unsigned argc)
+{
+    *p++ = '*';
+    return resp_crlf(resp_digits(p, argc));
+}
+
+static char *resp_arg(char *p, const void *s, size_t len)
+{
+    *p++ = '$';
+    p = resp_crlf(resp_digits(p, len));
+    if (len > 0)
+        memcpy(p, s, len);
+    return resp_crlf(p + len);
+}
+
+static char *resp_str(char *p, const char *s)
+{
+    return resp_arg(p, s, strlen(s));
+}
+
+static char *resp_uint(char *p, uint64_t v)
+{
+    char tmp[20];
+    return resp_arg(p, tmp, (size_t)(resp_digits(tmp, v) - tmp));
+}
+
+static char *resp_int(char *p, int64_t v)
+{
+    char tmp[21], *e = tmp;
+    if (v < 0)
+        *e++ = '-';
+    e = resp_digits(e, v < 0 ? 0 - (uint64_t)v : (uint64_t)v);
+    return resp_arg(p, tmp, (size_t)(e - tmp));
+}
+
+/* 16 lowercase hex digits, as "%016" PRIx64. */
+static char *resp_hex16(char *p, uint64_t v)
+{
+    static const char hex[] = "0123456789abcdef";
+    memcpy(p, "$16\r\n", 5);
+    p += 5;
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        p[i] = hex[v & 15];
+    return resp_crlf(p + 16);
+}
+
+/* A string literal as an argument (its length known at compile time). */
+#define RESP_LIT(p, s) resp_arg((p), (s), sizeof(s) - 1)
+
+/* Room for `bytes` more in the send buffer: where to write, or NULL (no
+ * memory). redis_end() sets the new length. */
+static char *redis_room(struct redis_conn *rc, size_t bytes)
+{
+    if (buf_reserve(&rc->wbuf, bytes) != 0)
+        return NULL;
+    return (char *)rc->wbuf.data + rc->wbuf.len;
+}
+
+static void redis_end(struct redis_conn *rc, const char *p)
+{
+    rc->wbuf.len = (size_t)((const uint8_t *)p - rc->wbuf.data);
+}
+
+static const char *redis_s(const char *s)
+{
+    return s != NULL ? s : "";
 }
 
 static int redis_render(struct buf *b, const struct template *t, const struct export_record *rec)
@@ -733,99 +836,132 @@ static int redis_render(struct buf *b, const struct template *t, const struct ex
     return template_render(t, &in, b);
 }
 
-/* XADD key [MAXLEN ~ N] * field value ... */
-static void redis_xadd_head(struct redis_args *a, const struct buf *key, const char *maxlen)
+/* XADD key [MAXLEN ~ N] *, then `fields` field-value pairs follow. */
+static char *redis_xadd_head(char *p, unsigned fields, const struct buf *key, const char *maxlen)
 {
-    a->argc = 0;
-    redis_arg_str(a, "XADD");
-    redis_arg(a, key->data, key->len);
+    p = resp_array(p, 3 + (maxlen[0] != '\0' ? 3 : 0) + 2 * fields);
+    p = RESP_LIT(p, "XADD");
+    p = resp_arg(p, key->data, key->len);
     if (maxlen[0] != '\0') {
-        redis_arg_str(a, "MAXLEN");
-        redis_arg_str(a, "~");
-        redis_arg_str(a, maxlen);
+        p = RESP_LIT(p, "MAXLEN");
+        p = RESP_LIT(p, "~");
+        p = resp_str(p, maxlen);
     }
-    redis_arg_str(a, "*");
+    return RESP_LIT(p, "*");
 }
 
-/* Appends the message's command to the pipeline. 0 or -1 (no memory). */
-static int redis_append_message(struct redis_conn *rc, const struct redis_target *t,
+/* The command of an outbound message:
+ *   XADD key [MAXLEN ~ N] * msgid <16 hex> topic .. clientid .. qos ..
+ *     timestamp <ms> payload <bytes>
+ *   PUBLISH key <payload> / LPUSH key <payload>
+ * 0 or -1 (no memory; nothing appended). */
+static int redis_encode_message(struct redis_conn *rc, const struct redis_target *t,
                                 const struct export_record *rec)
 {
-    struct redis_args a = {0};
-    char msgid[17], qos[4], ts[24];
+    const char *topic = redis_s(rec->topic), *cid = redis_s(rec->client_id);
+    size_t tlen = strlen(topic), clen = strlen(cid);
     if (redis_render(&rc->key, t->key, rec) != 0)
+        return -1;
+    char *p = redis_room(rc, RESP_ROOM(18) + rc->key.len + sizeof t->maxlen + tlen + clen +
+                                 rec->payload_len);
+    if (p == NULL)
         return -1;
     if (t->mode == REDIS_STREAM) {
-        snprintf(msgid, sizeof msgid, "%016" PRIx64, rec->msg_id);
-        snprintf(qos, sizeof qos, "%u", (unsigned)rec->qos);
-        snprintf(ts, sizeof ts, "%" PRId64, rec->time_ms);
-        redis_xadd_head(&a, &rc->key, t->maxlen);
-        const char *fields[] = {"msgid",     msgid,
-                                "topic",     rec->topic ? rec->topic : "",
-                                "clientid",  rec->client_id ? rec->client_id : "",
-                                "qos",       qos,
-                                "timestamp", ts};
-        for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
-            redis_arg_str(&a, fields[i]);
-        redis_arg_str(&a, "payload");
+        p = redis_xadd_head(p, 6, &rc->key, t->maxlen);
+        p = RESP_LIT(p, "msgid");
+        p = resp_hex16(p, rec->msg_id);
+        p = RESP_LIT(p, "topic");
+        p = resp_arg(p, topic, tlen);
+        p = RESP_LIT(p, "clientid");
+        p = resp_arg(p, cid, clen);
+        p = RESP_LIT(p, "qos");
+        p = resp_uint(p, rec->qos);
+        p = RESP_LIT(p, "timestamp");
+        p = resp_int(p, rec->time_ms);
+        p = RESP_LIT(p, "payload");
     } else {
-        redis_arg_str(&a, t->mode == REDIS_PUBLISH ? "PUBLISH" : "LPUSH");
-        redis_arg(&a, rc->key.data, rc->key.len);
+        p = resp_array(p, 3);
+        p = t->mode == REDIS_PUBLISH ? RESP_LIT(p, "PUBLISH") : RESP_LIT(p, "LPUSH");
+        p = resp_arg(p, rc->key.data, rc->key.len);
     }
-    redis_arg(&a, rec->payload ? (const void *)rec->payload : "", rec->payload_len);
-    return redisAppendCommandArgv(rc->ctx, a.argc, a.argv, a.lens) == REDIS_OK ? 0 : -1;
+    p = resp_arg(p, rec->payload, rec->payload_len);
+    redis_end(rc, p);
+    return 0;
 }
 
-/* EVALSHA of the state rule for one status event. */
-static int redis_append_state(struct redis_conn *rc, const struct redis_target *t,
+/* EVALSHA <sha> 1 <hash_prefix><clientId> seq eventType channelId clientIp
+ * time clientId: the state rule for one status event. 0 or -1 (no
+ * memory; nothing appended). */
+static int redis_encode_state(struct redis_conn *rc, const struct redis_target *t,
                               const struct export_record *rec)
 {
-    char seq[24], ts[24];
-    snprintf(seq, sizeof seq, "%" PRIu64, rec->msg_id);
-    snprintf(ts, sizeof ts, "%" PRId64, rec->time_ms);
-    const char *cid = rec->client_id ? rec->client_id : "";
-    buf_reset(&rc->key2);
-    if (buf_append(&rc->key2, t->hash_prefix, strlen(t->hash_prefix)) != 0 ||
-        buf_append(&rc->key2, cid, strlen(cid)) != 0)
+    const char *cid = redis_s(rec->client_id), *ev = redis_s(rec->event_type);
+    const char *ch = redis_s(rec->channel_id), *ip = redis_s(rec->client_ip);
+    size_t plen = strlen(t->hash_prefix), clen = strlen(cid), elen = strlen(ev), chlen = strlen(ch),
+           iplen = strlen(ip);
+    char *p = redis_room(rc, RESP_ROOM(10) + plen + 2 * clen + elen + chlen + iplen);
+    if (p == NULL)
         return -1;
-    struct redis_args a = {0};
-    const char *head[] = {"EVALSHA", rc->sha, "1"};
-    for (size_t i = 0; i < 3; i++)
-        redis_arg_str(&a, head[i]);
-    redis_arg(&a, rc->key2.data, rc->key2.len);
-    const char *args[] = {seq, rec->event_type, rec->channel_id, rec->client_ip,
-                          ts,  rec->client_id};
-    for (size_t i = 0; i < sizeof args / sizeof args[0]; i++)
-        redis_arg_str(&a, args[i] ? args[i] : "");
-    return redisAppendCommandArgv(rc->ctx, a.argc, a.argv, a.lens) == REDIS_OK ? 0 : -1;
+    p = resp_array(p, 10);
+    p = RESP_LIT(p, "EVALSHA");
+    p = resp_arg(p, rc->sha, 40);
+    p = RESP_LIT(p, "1");
+    *p++ = '$';
+    p = resp_crlf(resp_digits(p, plen + clen));
+    memcpy(p, t->hash_prefix, plen);
+    memcpy(p + plen, cid, clen);
+    p = resp_crlf(p + plen + clen);
+    p = resp_uint(p, rec->msg_id);
+    p = resp_arg(p, ev, elen);
+    p = resp_arg(p, ch, chlen);
+    p = resp_arg(p, ip, iplen);
+    p = resp_int(p, rec->time_ms);
+    p = resp_arg(p, cid, clen);
+    redis_end(rc, p);
+    return 0;
 }
 
-/* Appends XADD of the event and, when the script is loaded, EVALSHA of the
- * state rule; without a script the record is left OUT_STATE (one reply). */
-static int redis_append_status(struct redis_conn *rc, const struct redis_target *t,
+/* XADD <stream> [MAXLEN ~ N] * clientId .. time .. eventType ..
+ * channelId .. clientIp .. seq .. body <the JSON event>, then, when the
+ * script is loaded, its EVALSHA; without a script the record is left
+ * OUT_STATE (one reply). So a status record has two replies exactly when
+ * rc->sha is set, which does not change while chunks are in flight
+ * (redis_load_script runs at open and in redis_state_fixup, after the
+ * pipeline is drained). 0 or -1 (no memory; the caller drops what was
+ * appended). */
+static int redis_encode_status(struct redis_conn *rc, const struct redis_target *t,
                                const struct export_record *rec, unsigned char *out)
 {
-    struct redis_args a = {0};
-    char seq[24], ts[24];
+    const char *cid = redis_s(rec->client_id), *ev = redis_s(rec->event_type);
+    const char *ch = redis_s(rec->channel_id), *ip = redis_s(rec->client_ip);
+    size_t clen = strlen(cid), elen = strlen(ev), chlen = strlen(ch), iplen = strlen(ip);
     if (redis_render(&rc->key, t->key, rec) != 0)
         return -1;
-    snprintf(seq, sizeof seq, "%" PRIu64, rec->msg_id);
-    snprintf(ts, sizeof ts, "%" PRId64, rec->time_ms);
-    redis_xadd_head(&a, &rc->key, t->maxlen);
-    const char *fields[] = {"clientId",  rec->client_id,  "time",      ts,
-                            "eventType", rec->event_type, "channelId", rec->channel_id,
-                            "clientIp",  rec->client_ip,  "seq",       seq};
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
-        redis_arg_str(&a, fields[i] ? fields[i] : "");
-    redis_arg_str(&a, "body");
-    redis_arg(&a, rec->payload ? (const void *)rec->payload : "", rec->payload_len);
-    if (redisAppendCommandArgv(rc->ctx, a.argc, a.argv, a.lens) != REDIS_OK)
+    char *p = redis_room(rc, RESP_ROOM(20) + rc->key.len + sizeof t->maxlen + clen + elen + chlen +
+                                 iplen + rec->payload_len);
+    if (p == NULL)
         return -1;
+    p = redis_xadd_head(p, 7, &rc->key, t->maxlen);
+    p = RESP_LIT(p, "clientId");
+    p = resp_arg(p, cid, clen);
+    p = RESP_LIT(p, "time");
+    p = resp_int(p, rec->time_ms);
+    p = RESP_LIT(p, "eventType");
+    p = resp_arg(p, ev, elen);
+    p = RESP_LIT(p, "channelId");
+    p = resp_arg(p, ch, chlen);
+    p = RESP_LIT(p, "clientIp");
+    p = resp_arg(p, ip, iplen);
+    p = RESP_LIT(p, "seq");
+    p = resp_uint(p, rec->msg_id);
+    p = RESP_LIT(p, "body");
+    p = resp_arg(p, rec->payload, rec->payload_len);
+    redis_end(rc, p);
     if (rc->sha[0] == '\0') {
         *out = OUT_STATE;
         return 0;
     }
-    return redis_append_state(rc, t, rec);
+    return redis_encode_state(rc, t, rec);
 }
 
 /* Notes the failure of recs[i]; err keeps the earliest one's reason. */
@@ -842,7 +978,8 @@ static void redis_fail(struct redis_conn *rc, struct export_record *const *recs,
              recs[i]->client_id ? recs[i]->client_id : "", why);
 }
 
-/* The connection is unusable after an I/O error or timeout. */
+/* The connection is unusable after an I/O error or timeout: recs[i] is
+ * the first record whose replies were not all read. */
 static void redis_lost(struct redis_conn *rc, struct export_record *const *recs, size_t i,
                        size_t *first, char *err, size_t errlen)
 {
@@ -854,8 +991,34 @@ static void redis_lost(struct redis_conn *rc, struct export_record *const *recs,
     rc->ctx = NULL;
 }
 
+/* Writes the send buffer whole and empties it. The socket is blocking,
+ * with command_timeout_ms as its send timeout. 0, or -1 with the reason
+ * in the context's errstr ("" for a timeout). */
+static int redis_send(struct redis_conn *rc)
+{
+    const uint8_t *p = rc->wbuf.data;
+    size_t left = rc->wbuf.len;
+    while (left > 0) {
+        ssize_t w = send(rc->ctx->fd, p, left, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            rc->ctx->err = REDIS_ERR_IO;
+            rc->ctx->errstr[0] = '\0';
+            if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+                strerror_r(errno, rc->ctx->errstr, sizeof rc->ctx->errstr);
+            return -1;
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    buf_reset(&rc->wbuf);
+    return 0;
+}
+
 /* Reads one reply for recs[i]. 0, or -1 when the connection is lost. A
- * NOSCRIPT reply to EVALSHA (state) leaves the record OUT_STATE. */
+ * NOSCRIPT reply to EVALSHA (state) leaves a record whose XADD succeeded
+ * OUT_STATE. */
 static int redis_read_reply(struct redis_conn *rc, struct export_record *const *recs, size_t i,
                             bool state, size_t *first, char *err, size_t errlen)
 {
@@ -865,86 +1028,141 @@ static int redis_read_reply(struct redis_conn *rc, struct export_record *const *
         return -1;
     }
     if (rep->type == REDIS_REPLY_ERROR) {
-        if (state && strncmp(rep->str, "NOSCRIPT", 8) == 0)
-            rc->out[i] = OUT_STATE;
-        else
+        if (state && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+            if (rc->out[i] == OUT_OK)
+                rc->out[i] = OUT_STATE;
+        } else {
             redis_fail(rc, recs, i, redis_reply_transient(rep->str) ? OUT_RETRY : OUT_REJECT,
                        rep->str, first, err, errlen);
+        }
     }
     freeReplyObject(rep);
     return 0;
 }
 
-/* Appends the commands of recs[a..b); returns where appending stopped (b,
- * or the record that could not be appended, marked failed). */
-static size_t redis_chunk_append(struct redis_conn *rc, struct export_record *const *recs, size_t a,
-                                 size_t b, size_t *first, char *err, size_t errlen)
+/* Appends the command(s) of recs[i]. 0, or -1 with recs[i] marked failed
+ * and nothing of it appended. */
+static int redis_encode(struct redis_conn *rc, struct export_record *const *recs, size_t i,
+                        size_t *first, char *err, size_t errlen)
 {
-    for (size_t i = a; i < b; i++) {
-        const struct export_record *rec = recs[i];
-        const struct redis_target *t = rec->rule ? rec->rule->compiled : NULL;
-        if (t == NULL || t->type == RULE_INBOUND ||
-            (rec->kind == RECORD_STATUS) != (t->type == RULE_STATUS)) {
-            redis_fail(rc, recs, i, OUT_REJECT, "the record does not match its rule's target",
-                       first, err, errlen);
-            return i;
-        }
-        int r = rec->kind == RECORD_STATUS ? redis_append_status(rc, t, rec, &rc->out[i])
-                                           : redis_append_message(rc, t, rec);
-        if (r != 0) {
-            redis_fail(rc, recs, i, OUT_RETRY, "out of memory", first, err, errlen);
-            return i;
-        }
+    const struct export_record *rec = recs[i];
+    const struct redis_target *t = rec->rule ? rec->rule->compiled : NULL;
+    size_t mark = rc->wbuf.len;
+    if (t == NULL || t->type == RULE_INBOUND ||
+        (rec->kind == RECORD_STATUS) != (t->type == RULE_STATUS)) {
+        redis_fail(rc, recs, i, OUT_REJECT, "the record does not match its rule's target", first,
+                   err, errlen);
+        return -1;
     }
-    return b;
+    int r = rec->kind == RECORD_STATUS ? redis_encode_status(rc, t, rec, &rc->out[i])
+                                       : redis_encode_message(rc, t, rec);
+    if (r != 0) {
+        rc->wbuf.len = mark; /* a status record may have its XADD appended */
+        redis_fail(rc, recs, i, OUT_RETRY, "out of memory", first, err, errlen);
+        return -1;
+    }
+    return 0;
 }
 
-/* Redo the state updates left OUT_STATE: load the script (again), then
- * EVALSHA them. Applying them after later records is fine: the state rule
- * does not depend on the order in which events arrive. */
+/* The records of one export() call on their way: [read, next) are
+ * written, in chunks ending at ends[]. */
+struct redis_pipe {
+    size_t next; /* the first record not written */
+    size_t read; /* the first record whose replies are not all read */
+    bool stop;   /* a record failed: write nothing more */
+    unsigned head, count;
+    size_t ends[REDIS_WINDOW]; /* a ring, the oldest chunk at head */
+};
+
+/* Encodes and writes the next chunk. 0, or -1 when the connection was
+ * lost (then closed). A record that cannot be encoded ends the chunk and
+ * stops the pipeline. */
+static int redis_pipe_send(struct redis_conn *rc, struct export_record *const *recs, size_t n,
+                           struct redis_pipe *p, size_t *first, char *err, size_t errlen)
+{
+    size_t i = p->next, end = n - i > REDIS_SEND_RECORDS ? i + REDIS_SEND_RECORDS : n;
+    buf_reset(&rc->wbuf);
+    for (; i < end && rc->wbuf.len < REDIS_SEND_BYTES; i++)
+        if (redis_encode(rc, recs, i, first, err, errlen) != 0) {
+            p->stop = true;
+            break;
+        }
+    if (i == p->next)
+        return 0;
+    if (redis_send(rc) != 0) {
+        redis_lost(rc, recs, p->read, first, err, errlen);
+        return -1;
+    }
+    p->ends[(p->head + p->count++) % REDIS_WINDOW] = i;
+    p->next = i;
+    return 0;
+}
+
+/* Reads the replies of the oldest chunk in flight. 0, or -1 when the
+ * connection was lost (then closed); p->read is where it stopped. */
+static int redis_pipe_read(struct redis_conn *rc, struct export_record *const *recs, size_t n,
+                           struct redis_pipe *p, size_t *first, char *err, size_t errlen)
+{
+    size_t end = p->ends[p->head];
+    bool eval = rc->sha[0] != '\0'; /* see redis_encode_status */
+    for (; p->read < end; p->read++) {
+        size_t i = p->read;
+        if (redis_read_reply(rc, recs, i, false, first, err, errlen) != 0 ||
+            (recs[i]->kind == RECORD_STATUS && eval &&
+             redis_read_reply(rc, recs, i, true, first, err, errlen) != 0))
+            return -1;
+    }
+    p->head = (p->head + 1) % REDIS_WINDOW;
+    p->count--;
+    p->stop = p->stop || *first < n;
+    return 0;
+}
+
+/* Redo the state updates left OUT_STATE among recs[a..b) (every reply
+ * read, nothing in flight): load the script (again), then EVALSHA them,
+ * a chunk at a time. Applying them after later records is fine: the
+ * state rule does not depend on the order in which events arrive. 0, or
+ * -1 when the connection was lost (then closed). */
 static int redis_state_fixup(struct redis_conn *rc, struct export_record *const *recs, size_t a,
                              size_t b, size_t *first, char *err, size_t errlen)
 {
     char why[256];
-    size_t pending = 0;
-    for (size_t i = a; i < b; i++)
-        pending += rc->out[i] == OUT_STATE;
-    if (pending == 0)
+    while (a < b && rc->out[a] != OUT_STATE)
+        a++;
+    if (a == b)
         return 0;
     if (redis_load_script(rc, why, sizeof why) != 0) {
         redis_lost(rc, recs, a, first, err, errlen);
         return -1;
     }
-    for (size_t i = a; i < b; i++) {
-        if (rc->out[i] != OUT_STATE)
-            continue;
-        if (rc->sha[0] == '\0' || redis_append_state(rc, recs[i]->rule->compiled, recs[i]) != 0)
-            redis_fail(rc, recs, i, OUT_RETRY, "cannot run the state script (SCRIPT LOAD refused)",
-                       first, err, errlen);
-    }
-    for (size_t i = a; i < b; i++) {
-        if (rc->out[i] != OUT_STATE)
-            continue;
-        rc->out[i] = OUT_OK;
-        if (redis_read_reply(rc, recs, i, false, first, err, errlen) != 0)
+    for (size_t ca = a; ca < b; ca += REDIS_SEND_RECORDS) {
+        size_t cb = b - ca > REDIS_SEND_RECORDS ? ca + REDIS_SEND_RECORDS : b;
+        buf_reset(&rc->wbuf);
+        for (size_t i = ca; i < cb; i++) {
+            if (rc->out[i] != OUT_STATE)
+                continue;
+            if (rc->sha[0] == '\0')
+                redis_fail(rc, recs, i, OUT_RETRY,
+                           "cannot run the state script (SCRIPT LOAD refused)", first, err, errlen);
+            else if (redis_encode_state(rc, recs[i]->rule->compiled, recs[i]) != 0)
+                redis_fail(rc, recs, i, OUT_RETRY, "out of memory", first, err, errlen);
+        }
+        if (rc->wbuf.len > 0 && redis_send(rc) != 0) {
+            size_t i = ca;
+            while (rc->out[i] != OUT_STATE) /* wbuf is not empty: there is one */
+                i++;
+            redis_lost(rc, recs, i, first, err, errlen);
             return -1;
+        }
+        for (size_t i = ca; i < cb; i++) {
+            if (rc->out[i] != OUT_STATE)
+                continue;
+            rc->out[i] = OUT_OK;
+            if (redis_read_reply(rc, recs, i, false, first, err, errlen) != 0)
+                return -1;
+        }
     }
     return 0;
-}
-
-/* One pipelined round trip for recs[a..b). 0, or -1 when the connection
- * was lost (then closed). */
-static int redis_chunk(struct redis_conn *rc, struct export_record *const *recs, size_t a, size_t b,
-                       size_t *first, char *err, size_t errlen)
-{
-    size_t end = redis_chunk_append(rc, recs, a, b, first, err, errlen);
-    for (size_t i = a; i < end; i++) {
-        bool with_state = recs[i]->kind == RECORD_STATUS && rc->out[i] != OUT_STATE;
-        if (redis_read_reply(rc, recs, i, false, first, err, errlen) != 0 ||
-            (with_state && redis_read_reply(rc, recs, i, true, first, err, errlen) != 0))
-            return -1;
-    }
-    return redis_state_fixup(rc, recs, a, end, first, err, errlen);
 }
 
 /* Leading records written already before a rejection (see skip_*). */
@@ -959,11 +1177,14 @@ static size_t redis_skip_leading(struct redis_conn *rc, struct export_record *co
     return s;
 }
 
-static void redis_skip_remember(struct redis_conn *rc, struct export_record *const *recs, size_t n,
-                                size_t bad)
+/* recs[bad] was rejected: remember the records after it that Redis wrote,
+ * up to `done` (the first record whose replies were not read, or not
+ * written at all). */
+static void redis_skip_remember(struct redis_conn *rc, struct export_record *const *recs,
+                                size_t done, size_t bad)
 {
     size_t j = bad + 1;
-    while (j < n && rc->out[j] == OUT_OK && recs[j]->seqno > recs[j - 1]->seqno)
+    while (j < done && rc->out[j] == OUT_OK && recs[j]->seqno > recs[j - 1]->seqno)
         j++;
     if (j > bad + 1) {
         rc->skip_valid = true;
@@ -977,6 +1198,7 @@ static int redis_export(struct connector *c, struct export_record *const *recs, 
 {
     struct redis_conn *rc = redis_of(c);
     size_t first = n;
+    int lost = 0;
     *acked = 0;
     if (rc->ctx == NULL) {
         snprintf(err, errlen, "redis '%s': not connected", rc->name);
@@ -994,16 +1216,26 @@ static int redis_export(struct connector *c, struct export_record *const *recs, 
         rc->out_cap = n;
     }
     memset(rc->out, OUT_OK, n);
-    for (size_t a = redis_skip_leading(rc, recs, n); a < n && first == n; a += REDIS_CHUNK)
-        if (redis_chunk(rc, recs, a, a + REDIS_CHUNK < n ? a + REDIS_CHUNK : n, &first, err,
-                        errlen) != 0)
+    size_t start = redis_skip_leading(rc, recs, n);
+    struct redis_pipe p = {.next = start, .read = start};
+    while (lost == 0) {
+        if (!p.stop && p.next < n && p.count < REDIS_WINDOW)
+            lost = redis_pipe_send(rc, recs, n, &p, &first, err, errlen);
+        else if (p.count > 0)
+            lost = redis_pipe_read(rc, recs, n, &p, &first, err, errlen);
+        else
             break;
+    }
+    if (lost == 0)
+        redis_state_fixup(rc, recs, start, p.read, &first, err, errlen);
+    if (rc->wbuf.cap > REDIS_SEND_KEEP)
+        buf_free(&rc->wbuf); /* after a huge record */
     *acked = first;
     if (first == n)
         return CONNECTOR_OK;
     if (rc->out[first] != OUT_REJECT)
         return CONNECTOR_RETRY;
-    redis_skip_remember(rc, recs, n, first);
+    redis_skip_remember(rc, recs, p.read, first);
     return CONNECTOR_REJECT;
 }
 

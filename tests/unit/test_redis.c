@@ -4,9 +4,11 @@
  * settings and rule validation, stream/publish/lpush exports read back
  * with exact content and per-client order, status events with the
  * state-hash rule (late and stale events included), REJECT on WRONGTYPE
- * without duplicates on the re-offer, RETRY when the server is unreachable,
- * frozen or gone, recovery, NOSCRIPT, AUTH, unix sockets, and a throughput
- * measurement (printed, not asserted).
+ * without duplicates on the re-offer (also in the second of two chunks in
+ * flight), RETRY when the server is unreachable, frozen or gone, an exact
+ * acked prefix when the connection is killed in the middle of a batch of
+ * many chunks, recovery, NOSCRIPT (also over several chunks), AUTH, unix
+ * sockets, and a throughput measurement (printed, not asserted).
  * The source (inbound rules): entry fields to records exactly, ack then
  * reopen (nothing again), fetch without ack then reopen (redelivered, page
  * by page, before new entries), XAUTOCLAIM of another consumer's old
@@ -22,7 +24,10 @@
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -837,6 +842,53 @@ START_TEST(test_reject_wrongtype)
 }
 END_TEST
 
+/* A REJECT in the second of the chunks in flight (record 1500 of 5000):
+ * acked 1500; the records after it that were written (the rest of its
+ * chunk and the next chunk, already in flight) are not written again on
+ * the re-offer, and the records never written are: each record but the
+ * bad one ends up in the stream exactly once, in order. */
+START_TEST(test_reject_across_chunks)
+{
+    enum { N = 5000, BAD = 1500 };
+    char prefix[128], key[160], good[200], bad[200], err[512];
+    size_t acked;
+    unique_name(prefix, sizeof prefix, "wrongtype-chunks");
+    snprintf(key, sizeof key, "%s:${topic}", prefix);
+    snprintf(good, sizeof good, "%s:good", prefix);
+    snprintf(bad, sizeof bad, "%s:bad", prefix);
+    struct connector *c = conn_make(env_url(), NULL, NULL);
+    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"key", key, NULL});
+    conn_open(c);
+    struct batch b;
+    batch_messages(&b, N, r, 4, 1);
+    for (size_t i = 0; i < N; i++)
+        b.recs[i].topic = i == BAD ? "bad" : "good";
+    redisContext *rc = client_shared();
+    freeReplyObject(client_cmd(rc, (const char *[]){"SET", bad, "a string", NULL}));
+    ck_assert_int_eq(export_batch(c, b.ptrs, N, &acked, err, sizeof err), CONNECTOR_REJECT);
+    ck_assert_uint_eq(acked, BAD);
+    ck_assert_msg(strstr(err, "record 1500") && strstr(err, "WRONGTYPE"), "err: %s", err);
+    ck_assert_int_eq(export_batch(c, b.ptrs + BAD + 1, N - BAD - 1, &acked, err, sizeof err),
+                     CONNECTOR_OK);
+    ck_assert_uint_eq(acked, N - BAD - 1);
+    redisReply *x = client_cmd(rc, (const char *[]){"XRANGE", good, "-", "+", NULL});
+    ck_assert_uint_eq(x->elements, N - 1);
+    for (size_t j = 0; j < x->elements; j++) {
+        const struct export_record *want = &b.recs[j < BAD ? j : j + 1];
+        char msgid[17];
+        snprintf(msgid, sizeof msgid, "%016" PRIx64, want->msg_id);
+        assert_field_str(x->element[j]->element[1], "msgid", msgid);
+    }
+    freeReplyObject(x);
+    freeReplyObject(client_cmd(rc, (const char *[]){"DEL", good, bad, NULL}));
+    redisFree(rc);
+    batch_free(&b);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
 /* ---- RETRY, outage and recovery on a private server ------------------------ */
 
 static char priv_dir[128];
@@ -997,6 +1049,45 @@ START_TEST(test_outage_and_recovery)
 }
 END_TEST
 
+/* A frozen server (SIGSTOP) that stops reading while a 32 MiB record is
+ * being written: the write makes no progress, and after
+ * command_timeout_ms the export says RETRY (nothing acked). */
+START_TEST(test_send_timeout)
+{
+    enum { BIG = 32 << 20 };
+    char url[128], key[128], err[512];
+    size_t acked;
+    ck_assert_msg(priv_dir[0] != '\0', "mkdtemp failed");
+    priv_port = free_port();
+    priv_start();
+    snprintf(url, sizeof url, "redis://:%s@127.0.0.1:%d/0", priv_password, priv_port);
+    unique_name(key, sizeof key, "frozen-write");
+    struct connector *c = conn_make(url, "300", "500");
+    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"key", key, NULL});
+    conn_open(c);
+    struct batch b;
+    batch_messages(&b, 2, r, 1, 1);
+    uint8_t *big = calloc(1, BIG);
+    ck_assert_ptr_nonnull(big);
+    b.recs[1].payload = big;
+    b.recs[1].payload_len = BIG;
+    ck_assert_int_eq(kill(priv_pid, SIGSTOP), 0);
+    double t0 = now_s();
+    ck_assert_int_eq(export_batch(c, b.ptrs, 2, &acked, err, sizeof err), CONNECTOR_RETRY);
+    double took = now_s() - t0;
+    ck_assert_uint_eq(acked, 0);
+    ck_assert_msg(took >= 0.4 && took < 5.0, "RETRY after %.2f s", took);
+    ck_assert_msg(strstr(err, "record 0") && strstr(err, "connection lost: timeout"), "err: %s",
+                  err);
+    free(big);
+    batch_free(&b);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+    priv_kill();
+}
+END_TEST
+
 /* A wrong password: RETRY from open() and the error never shows it.
  * Over the unix socket with ?db=3&password=: a SCRIPT FLUSH under the
  * live connection makes EVALSHA say NOSCRIPT; the connector reloads the
@@ -1036,6 +1127,166 @@ START_TEST(test_auth_unix_noscript)
     rule_free(c, r);
     ops->destroy(c);
     redisFree(rc);
+    priv_kill();
+}
+END_TEST
+
+/* export() on a thread of its own, for killing its connection meanwhile. */
+struct export_job {
+    struct connector *c;
+    struct export_record *const *recs;
+    size_t n, acked;
+    int rc;
+    char err[512];
+    atomic_bool done;
+};
+
+static void *export_job_run(void *arg)
+{
+    struct export_job *job = arg;
+    job->rc = ops->export(job->c, job->recs, job->n, &job->acked, job->err, sizeof job->err);
+    atomic_store(&job->done, true);
+    return NULL;
+}
+
+/* The msgid fields of the entries [from, to) of stream key are those of
+ * recs[0..to - from), in order. */
+static void assert_msgids(redisContext *rc, const char *key, size_t from, size_t to,
+                          const struct export_record *recs)
+{
+    redisReply *x = client_cmd(rc, (const char *[]){"XRANGE", key, "-", "+", NULL});
+    ck_assert_uint_ge(x->elements, to);
+    for (size_t j = from; j < to; j++) {
+        char msgid[17];
+        snprintf(msgid, sizeof msgid, "%016" PRIx64, recs[j - from].msg_id);
+        const redisReply *v = field_of(x->element[j]->element[1], "msgid");
+        ck_assert_msg(v != NULL && strcmp(v->str, msgid) == 0, "entry %zu: msgid %s, want %s", j,
+                      v ? v->str : "(none)", msgid);
+    }
+    freeReplyObject(x);
+}
+
+/* A batch of many chunks whose connection is killed (CLIENT KILL from
+ * another connection) while it is being written: RETRY, and the acked
+ * prefix is exact: the stream holds recs[0..m) in order with m >= acked
+ * (the server may have run commands whose replies were never read), and
+ * nothing else. The engine's re-offer of recs[acked..] after a reconnect
+ * completes the stream: recs[0..m) then recs[acked..n) (at least once). */
+START_TEST(test_killed_mid_batch)
+{
+    enum { N = 60000, KILL_AFTER = 2500 };
+    char url[128], key[128], err[512];
+    size_t acked;
+    ck_assert_msg(priv_dir[0] != '\0', "mkdtemp failed");
+    priv_port = free_port();
+    priv_start();
+    snprintf(url, sizeof url, "redis://:%s@127.0.0.1:%d/0", priv_password, priv_port);
+    unique_name(key, sizeof key, "killed");
+    struct connector *c = conn_make(url, NULL, NULL);
+    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"key", key, NULL});
+    conn_open(c);
+    struct batch b;
+    batch_messages(&b, N, r, 4, 1);
+    redisContext *admin = client_at("127.0.0.1", priv_port, priv_password);
+    struct export_job job = {.c = c, .recs = b.ptrs, .n = N};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, export_job_run, &job), 0);
+    /* kill once the server ran more than two chunks' worth */
+    long long len = 0;
+    double deadline = now_s() + 20;
+    while (!atomic_load(&job.done) && len < KILL_AFTER && now_s() < deadline)
+        len = client_int(admin, (const char *[]){"XLEN", key, NULL});
+    ck_assert_msg(!atomic_load(&job.done), "the export ended (rc %d, acked %zu) before the kill",
+                  job.rc, job.acked);
+    long long killed = client_int(
+        admin, (const char *[]){"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes", NULL});
+    ck_assert_int_eq(pthread_join(th, NULL), 0);
+    ck_assert_int_eq(killed, 1);
+    ck_assert_msg(job.rc == CONNECTOR_RETRY, "rc %d, acked %zu: %s", job.rc, job.acked, job.err);
+    ck_assert_msg(strstr(job.err, "connection lost"), "err: %s", job.err);
+    long long m = client_int(admin, (const char *[]){"XLEN", key, NULL});
+    printf("redis: connection killed at XLEN %lld: acked %zu, stream holds %lld of %d\n", len,
+           job.acked, m, N);
+    ck_assert_int_ge(m, KILL_AFTER);
+    ck_assert_uint_ge((size_t)m, job.acked);
+    ck_assert_uint_le((size_t)m, N);
+    assert_msgids(admin, key, 0, (size_t)m, b.recs);
+
+    /* the engine reconnects and offers recs[acked..] again */
+    size_t from = job.acked;
+    ck_assert_int_eq(export_batch(c, b.ptrs + from, N - from, &acked, err, sizeof err),
+                     CONNECTOR_RETRY); /* not connected */
+    conn_open(c);
+    ck_assert_int_eq(export_batch(c, b.ptrs + from, N - from, &acked, err, sizeof err),
+                     CONNECTOR_OK);
+    ck_assert_uint_eq(acked, N - from);
+    ck_assert_int_eq(client_int(admin, (const char *[]){"XLEN", key, NULL}),
+                     m + (long long)(N - from));
+    assert_msgids(admin, key, (size_t)m, (size_t)m + N - from, b.recs + from);
+    redisFree(admin);
+    batch_free(&b);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+    priv_kill();
+}
+END_TEST
+
+/* 2,500 status events of 500 clients (several chunks, two replies per
+ * event) after a SCRIPT FLUSH: every EVALSHA says NOSCRIPT; the connector
+ * loads the script again and applies all of them, a chunk at a time:
+ * every event is in the stream and every client's state is its last
+ * event's. */
+START_TEST(test_status_noscript_chunks)
+{
+    enum { N = 2500, CLIENTS = 500 };
+    char url[128], stream[128], err[512];
+    size_t acked;
+    ck_assert_msg(priv_dir[0] != '\0', "mkdtemp failed");
+    priv_port = free_port();
+    priv_start();
+    snprintf(url, sizeof url, "redis://:%s@127.0.0.1:%d/0", priv_password, priv_port);
+    unique_name(stream, sizeof stream, "ev-chunks");
+    struct connector *c = conn_make(url, NULL, NULL);
+    struct rule *r = rule_make(c, RULE_STATUS, (const char *[]){"stream", stream, NULL});
+    conn_open(c);
+    struct status_rec *ev = calloc(N, sizeof *ev);
+    struct export_record **ptrs = calloc(N, sizeof *ptrs);
+    char(*client)[32] = calloc(CLIENTS, sizeof *client);
+    char(*chan)[16] = calloc(N, sizeof *chan);
+    char(*seq)[24] = calloc(N, sizeof *seq);
+    ck_assert(ev && ptrs && client && chan && seq);
+    for (size_t i = 0; i < CLIENTS; i++)
+        snprintf(client[i], sizeof client[i], "GID_n@@@d%zu", i);
+    for (size_t i = 0; i < N; i++) {
+        snprintf(chan[i], sizeof chan[i], "ch%zu", i);
+        snprintf(seq[i], sizeof seq[i], "%zu", i + 1);
+        status_make(&ev[i], r, i + 1, client[i % CLIENTS], "connect", chan[i], seq[i],
+                    1000 + (int64_t)i);
+        ptrs[i] = &ev[i].rec;
+    }
+    redisContext *admin = client_at("127.0.0.1", priv_port, priv_password);
+    freeReplyObject(client_cmd(admin, (const char *[]){"SCRIPT", "FLUSH", NULL}));
+    ck_assert_int_eq(export_batch(c, ptrs, N, &acked, err, sizeof err), CONNECTOR_OK);
+    ck_assert_uint_eq(acked, N);
+    ck_assert_int_eq(client_int(admin, (const char *[]){"XLEN", stream, NULL}), N);
+    for (size_t k = 0; k < CLIENTS; k++) {
+        size_t last = N - CLIENTS + k; /* the client's last event */
+        char hash[64];
+        snprintf(hash, sizeof hash, "mqtt:presence:%s", client[k]);
+        const struct state_step want = {"after NOSCRIPT", NULL,       NULL,     NULL, "1",
+                                        seq[last],        chan[last], "connect"};
+        check_state(admin, hash, &want, client[k]);
+    }
+    redisFree(admin);
+    free(ev);
+    free(ptrs);
+    free(client);
+    free(chan);
+    free(seq);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
     priv_kill();
 }
 END_TEST
@@ -1857,6 +2108,7 @@ static Suite *redis_suite(void)
     tcase_add_test(tc, test_status_state_rule);
     tcase_add_test(tc, test_status_first_event_offline);
     tcase_add_test(tc, test_reject_wrongtype);
+    tcase_add_test(tc, test_reject_across_chunks);
     tcase_add_test(tc, test_retry_unreachable);
     tcase_add_test(tc, test_throughput);
     suite_add_tcase(s, tc);
@@ -1864,7 +2116,10 @@ static Suite *redis_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_unchecked_fixture(tc, priv_setup, priv_teardown);
     tcase_add_test(tc, test_outage_and_recovery);
+    tcase_add_test(tc, test_send_timeout);
     tcase_add_test(tc, test_auth_unix_noscript);
+    tcase_add_test(tc, test_killed_mid_batch);
+    tcase_add_test(tc, test_status_noscript_chunks);
     tcase_add_test(tc, test_source_retry_and_recovery);
     suite_add_tcase(s, tc);
     tc = tcase_create("source");
