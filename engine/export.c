@@ -328,7 +328,7 @@ static struct rule_stats *record_stats(const struct export_record *rec)
 
 struct dropped_ctx {
     struct exporter *x;
-    bool counted;
+    uint64_t seqno; /* of the record dropped */
 };
 
 /* The record pushed out of a full backlog: count it against its own rule. */
@@ -337,6 +337,7 @@ static int on_dropped_record(void *ctx, struct export_record *rec, const char *r
 {
     struct dropped_ctx *dc = ctx;
     struct rule_stats *st = stats_for(dc->x, rule_name ? rule_name : "-");
+    dc->seqno = rec->seqno;
     if (st) {
         st->dropped_overflow++;
         if (generation_by_id(dc->x, generation))
@@ -344,7 +345,6 @@ static int on_dropped_record(void *ctx, struct export_record *rec, const char *r
         else
             st->matched++;
     }
-    dc->counted = true;
     export_record_free(rec);
     return 0;
 }
@@ -361,11 +361,20 @@ static bool backlog_make_room(struct exporter *x, struct sink *sk, struct rule_s
                  x->settings.spool_max);
         return false;
     }
-    struct dropped_ctx dc = {x, false};
+    struct dropped_ctx dc = {x, 0};
     unsigned loaded = 0;
-    spool_load(x->spool, sk->name, sk->load_cursor, 1, on_dropped_record, &dc, &loaded);
-    spool_delete_range(x->spool, sk->name, sk->load_cursor, sk->load_cursor);
-    sk->load_cursor++;
+    if (spool_load(x->spool, sk->name, sk->load_cursor, 1, on_dropped_record, &dc, &loaded) < 0 ||
+        loaded == 0) {
+        log_warn("connector %s: %" PRIu64 " backlog records not found in the spool", sk->name,
+                 sk->backlog);
+        sk->backlog = 0;
+        return true;
+    }
+    /* Seqnos between the cursor and the record dropped have no record in
+     * the spool (the load passed them): one range keeps the spool's list of
+     * deleted ranges short. */
+    spool_delete_range(x->spool, sk->name, sk->load_cursor, dc.seqno);
+    sk->load_cursor = dc.seqno + 1;
     sk->backlog--;
     log_warn("connector %s: backlog full (%" PRIu64 "), oldest record dropped", sk->name,
              x->settings.spool_max);
@@ -399,7 +408,7 @@ static void submit(struct exporter *x, struct generation *g, const struct rule *
     }
     if (to_memory || !rec->spooled) {
         sk->in_memory++;
-        sink_push(sk, rec);
+        record_list_push(&sk->outbox, rec); /* to the thread at on_flush */
         return;
     }
     /* Only in the spool: loaded back when the sink catches up. */
@@ -493,11 +502,15 @@ void exporter_on_client_event(void *ctx, const struct client_event *ev)
     submit(x, g, r, rec, true);
 }
 
+/* Once per loop iteration: the spool's commit, then the iteration's
+ * records to the threads, one hand-over per connector. */
 void exporter_on_flush(void *ctx)
 {
     struct exporter *x = ctx;
     if (spool_commit(x->spool) < 0)
         log_error("export spool commit failed");
+    for (unsigned i = 0; i < x->sink_count; i++)
+        sink_push_list(&x->sinks[i], &x->sinks[i].outbox);
 }
 
 /* ---- back from the threads ---- */
@@ -523,6 +536,7 @@ static int on_spool_record(void *ctx, struct export_record *rec, const char *rul
     struct load_ctx *lc = ctx;
     struct exporter *x = lc->x;
     struct sink *sk = lc->sk;
+    uint64_t passed = sk->load_cursor; /* from here to rec: no record */
     sk->load_cursor = rec->seqno + 1;
     sk->backlog--;
     struct generation *g = generation_by_id(x, generation);
@@ -548,7 +562,7 @@ static int on_spool_record(void *ctx, struct export_record *rec, const char *rul
         log_warn("connector %s: record %" PRIu64 " of rule '%s' dropped: the rule no longer "
                  "exists for this connector",
                  sk->name, rec->seqno, rule_name ? rule_name : "?");
-        spool_delete_range(x->spool, sk->name, rec->seqno, rec->seqno);
+        spool_delete_range(x->spool, sk->name, passed, rec->seqno);
         export_record_free(rec);
         return 0;
     }
@@ -557,12 +571,12 @@ static int on_spool_record(void *ctx, struct export_record *rec, const char *rul
     rec->spooled = true;
     g->refs++;
     sk->in_memory++;
-    sink_push(sk, rec);
+    record_list_push(&sk->outbox, rec);
     return 0;
 }
 
-/* Move backlog records from the spool into memory as room allows. */
-static void sink_refill(struct exporter *x, struct sink *sk)
+/* Load backlog records from the spool into the outbox as room allows. */
+static void sink_fill(struct exporter *x, struct sink *sk)
 {
     while (sk->backlog && sk->in_memory < x->settings.memory_queue) {
         uint64_t room = x->settings.memory_queue - sk->in_memory;
@@ -575,12 +589,20 @@ static void sink_refill(struct exporter *x, struct sink *sk)
             return;
         }
         if (loaded == 0) {
-            /* rows went missing (deleted by hand?): forget the backlog */
+            /* records went missing (files deleted by hand?): forget them */
             log_warn("connector %s: %" PRIu64 " backlog records not found in the spool", sk->name,
                      sk->backlog);
             sk->backlog = 0;
         }
     }
+}
+
+/* Move backlog records from the spool into memory as room allows, and
+ * hand them (behind what the outbox holds) to the thread. */
+static void sink_refill(struct exporter *x, struct sink *sk)
+{
+    sink_fill(x, sk);
+    sink_push_list(sk, &sk->outbox);
 }
 
 static void on_done_async(uv_async_t *a)
@@ -627,14 +649,15 @@ int exporter_start(struct exporter *x, char *err, size_t errlen)
 {
     for (unsigned i = 0; i < x->sink_count; i++) {
         struct sink *sk = &x->sinks[i];
-        uint64_t count, first, last;
-        if (spool_range(x->spool, sk->name, &count, &first, &last) < 0) {
+        uint64_t count, first, high;
+        if (spool_range(x->spool, sk->name, &count, &first, NULL) < 0 ||
+            spool_seqno_high(x->spool, sk->name, &high) < 0) {
             snprintf(err, errlen, "connector %s: cannot read the export spool", sk->name);
             return -1;
         }
         sk->backlog = count;
         sk->load_cursor = first;
-        sk->next_seqno = last;
+        sk->next_seqno = high; /* seqnos never repeat, also across runs */
         if (count)
             log_notice("connector %s: %" PRIu64 " records from the spool to export", sk->name,
                        count);
@@ -656,6 +679,7 @@ void exporter_stop(struct exporter *x)
     uint64_t deadline = uv_hrtime() + (uint64_t)x->settings.drain_timeout_ms * 1000000u;
     for (unsigned i = 0; i < x->sink_count; i++) {
         struct sink *sk = &x->sinks[i];
+        sink_push_list(sk, &sk->outbox);
         uv_mutex_lock(&sk->lock);
         sk->draining = true;
         uv_cond_broadcast(&sk->cond);
@@ -686,6 +710,8 @@ static void free_stats(const char *key, void *value, void *ctx)
 static void sink_drain_lists(struct sink *sk)
 {
     struct export_record *rec;
+    while ((rec = record_list_pop(&sk->outbox)) != NULL)
+        record_release(sk->x, rec);
     while ((rec = record_list_pop(&sk->todo)) != NULL)
         record_release(sk->x, rec);
     while ((rec = record_list_pop(&sk->done)) != NULL)

@@ -43,16 +43,19 @@ struct sink {
     uv_async_t done_async;
 
     /* Loop only. */
-    uint64_t next_seqno;  /* last seqno handed out */
-    uint64_t in_memory;   /* records queued or in the thread */
-    uint64_t backlog;     /* records only in the spool */
-    uint64_t load_cursor; /* first backlog seqno */
+    struct record_list outbox; /* for todo: moved over in one piece by
+                                  exporter_on_flush (and after a refill) */
+    uint64_t next_seqno;       /* last seqno handed out */
+    uint64_t in_memory;        /* records in the outbox, queued or in the thread */
+    uint64_t backlog;          /* records only in the spool */
+    uint64_t load_cursor;      /* first backlog seqno */
 };
 
 /* sink.c */
 void sink_thread_main(void *arg);
-/* Wake the thread (after pushing to todo, or to stop it). Takes the lock. */
-void sink_push(struct sink *sk, struct export_record *rec);
+/* Move every record of l (in order) to the end of todo and wake the
+ * thread: one lock and one signal for all of them. l is left empty. */
+void sink_push_list(struct sink *sk, struct record_list *l);
 const char *sink_state_name(enum sink_state s);
 
 void record_list_push(struct record_list *l, struct export_record *rec);

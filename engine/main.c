@@ -259,15 +259,18 @@ static void signal_watch(struct daemon *d, uv_signal_t *h, int signum)
     uv_signal_start(h, on_signal, signum);
 }
 
+/* The export spool's directory: <storage>/spool (one log per connector in
+ * it, see engine/spool.c). An export-spool.db left by earlier builds is not
+ * read, and not deleted. */
 static char *spool_path_of(const struct instance_config *cfg)
 {
     const char *dir = cfg->broker.storage_dir;
     if (!dir)
         return NULL;
-    size_t n = strlen(dir) + sizeof "/export-spool.db";
+    size_t n = strlen(dir) + sizeof "/spool";
     char *p = malloc(n);
     if (p)
-        snprintf(p, n, "%s/export-spool.db", dir);
+        snprintf(p, n, "%s/spool", dir);
     return p;
 }
 

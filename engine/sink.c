@@ -43,12 +43,20 @@ const char *sink_state_name(enum sink_state s)
     return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown";
 }
 
-void sink_push(struct sink *sk, struct export_record *rec)
+void sink_push_list(struct sink *sk, struct record_list *l)
 {
+    if (!l->head)
+        return;
     uv_mutex_lock(&sk->lock);
-    record_list_push(&sk->todo, rec);
+    if (sk->todo.tail)
+        sk->todo.tail->next = l->head;
+    else
+        sk->todo.head = l->head;
+    sk->todo.tail = l->tail;
+    sk->todo.count += l->count;
     uv_cond_signal(&sk->cond);
     uv_mutex_unlock(&sk->lock);
+    *l = (struct record_list){0};
 }
 
 /* Hand records back to the loop. */
