@@ -321,8 +321,9 @@ void broker_log_stats(const struct broker *b)
                s.bytes_sent, s.malformed_packets, s.discarded_oversize, s.p2p_no_target,
                s.publish_bad_topic);
     log_notice("stats: offline_messages=%" PRIu64 " offline_stored=%" PRIu64
-               " offline_expired=%" PRIu64 " offline_evicted=%" PRIu64,
-               s.offline_messages, s.offline_stored, s.offline_expired, s.offline_evicted);
+               " offline_expired=%" PRIu64 " offline_evicted=%" PRIu64 " inject_busy=%" PRIu64,
+               s.offline_messages, s.offline_stored, s.offline_expired, s.offline_evicted,
+               s.inject_busy);
     log_notice("stats: connect_refused bad_protocol=%" PRIu64 " bad_client_id=%" PRIu64
                " duplicate=%" PRIu64 " unavailable=%" PRIu64,
                s.connect_bad_protocol, s.connect_bad_client_id, s.connect_duplicate,

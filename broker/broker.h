@@ -135,6 +135,9 @@ struct broker_stats {
     uint64_t subscribe_too_many;        /* SUBACK 0x80: max_subscriptions_per_client */
     uint64_t subscribe_wildcard_limit;  /* SUBACK 0x80: wildcard limit per parent topic */
     uint64_t subscribe_qos2_persistent; /* SUBACK 0x80: QoS 2 with cleanSession=0 */
+    /* injected messages refused (INJECT_BUSY): a matched online session
+     * had no room; nothing was delivered, the engine offers them again */
+    uint64_t inject_busy;
 };
 
 struct broker;
@@ -159,16 +162,40 @@ void broker_free(struct broker *b);
  * first level of topic; else to the subscribers of topic. Retain is not
  * set. 0 when accepted (store writes join the current iteration and are
  * committed before on_flush is called); else a negative enum inject_error
- * with the reason in why. */
+ * with the reason in why.
+ *
+ * flags INJECT_FLOW_CONTROL: the message is delivered to every receiver or
+ * to none. Before anything is delivered, every matched session that is
+ * online and would get it at QoS 1 or 2 must have room (a free inflight
+ * slot with nothing queued, or a queue below max_queued); when one has
+ * not, the call returns INJECT_BUSY naming that client in why, delivers
+ * nothing and counts stats.inject_busy. The engine offers the message again
+ * once broker_room_gen() moved. Where it is delivered:
+ *   online, QoS 1/2        queued or sent (there is room, checked above);
+ *   online, QoS 0          as a client's PUBLISH: dropped and counted when
+ *                          the queue is full (at most once: never refused);
+ *   offline persistent,    kept even past max_queued (session_enqueue_kept):
+ *   QoS 1/2                bounded by max_offline_messages, oldest evicted;
+ *   offline, QoS 0         not kept (as for a client's PUBLISH).
+ * Without the flag, full queues drop the message as for a client's PUBLISH. */
 enum inject_error {
     INJECT_BAD_TOPIC = -1,  /* not a topic name, or outside the naming rules */
     INJECT_TOO_LARGE = -2,  /* payload over max_message_size */
     INJECT_BAD_TARGET = -3, /* P2P target is not a valid (declared) client ID */
     INJECT_NO_MEMORY = -4,
+    INJECT_BUSY = -5, /* INJECT_FLOW_CONTROL: a receiver has no room; nothing delivered */
+};
+enum inject_flags {
+    INJECT_FLOW_CONTROL = 1,
 };
 int broker_inject(struct broker *b, const char *topic, size_t topic_len, const uint8_t *payload,
-                  uint32_t payload_len, uint8_t qos, const char *p2p_client_id, char *why,
-                  size_t whylen);
+                  uint32_t payload_len, uint8_t qos, const char *p2p_client_id, unsigned flags,
+                  char *why, size_t whylen);
+/* A counter that moves whenever a session may have made room: a delivery
+ * was acknowledged, a stored message was dropped or expired, a session went
+ * offline or unsubscribed. After INJECT_BUSY, retry once it differs from
+ * its value at the refusal (loop thread only). */
+uint64_t broker_room_gen(const struct broker *b);
 
 void broker_get_stats(const struct broker *b, struct broker_stats *out);
 /* Log the stats at NOTICE level (SIGUSR1). */

@@ -95,6 +95,9 @@ struct broker {
     /* Wildcard subscriptions per declared parent topic (managed naming). */
     uint32_t *wildcards_per_parent;
 
+    /* Moves when a session may have made room (broker_room_gen). */
+    uint64_t room_gen;
+
     struct broker_stats stats;
     uint8_t rbuf[65536]; /* shared read buffer: one read at a time */
 };

@@ -229,6 +229,7 @@ static void conn_detach_session(struct conn *c)
         return;
     s->owner = NULL;
     session_set_offline(s);
+    b->room_gen++; /* an offline session no longer holds injection back */
     if (s->clean_session) {
         broker_session_destroy(b, s);
     } else if (b->store) {

@@ -38,6 +38,38 @@ static void collect_hit(void *subscriber, uint8_t qos, void *ctx)
     b->hits[b->hit_count++] = s;
 }
 
+/* b->hits: the sessions subscribed to topic, each once with its best
+ * granted QoS in match_qos. */
+static void route_match(struct broker *b, const char *topic)
+{
+    b->match_gen++;
+    b->hit_count = 0;
+    topic_tree_match(b->topics, topic, collect_hit, b);
+}
+
+/* Offer m to session s at qos: session_enqueue's result. keep_offline: an
+ * offline persistent session keeps a QoS 1/2 message past its queue bound
+ * (injected messages). */
+static int offer(struct session *s, struct message *m, uint8_t qos, bool keep_offline)
+{
+    int rc = keep_offline && !s->online && qos > 0 ? session_enqueue_kept(s, m, qos)
+                                                   : session_enqueue(s, m, qos, false);
+    if (rc < 0)
+        log_error("routing: out of memory, %s misses a message on %s", s->client_id, m->topic);
+    return rc;
+}
+
+static void route_deliver(struct broker *b, struct message *m, bool keep_offline)
+{
+    for (uint32_t i = 0; i < b->hit_count; i++) {
+        struct session *s = b->hits[i];
+        uint8_t qos = m->qos < s->match_qos ? m->qos : s->match_qos;
+        /* [MQTT-3.3.1-9] RETAIN is 0 on live delivery */
+        if (offer(s, m, qos, keep_offline) == 1 && (s->online || qos > 0))
+            b->stats.messages_dropped++;
+    }
+}
+
 void broker_route(struct broker *b, struct message *m, const char *from_client_id)
 {
     if (m->retain) {
@@ -47,36 +79,34 @@ void broker_route(struct broker *b, struct message *m, const char *from_client_i
         else if (b->store)
             m->payload_len ? store_retain_put(b->store, m) : store_retain_del(b->store, m->topic);
     }
-    b->match_gen++;
-    b->hit_count = 0;
-    topic_tree_match(b->topics, m->topic, collect_hit, b);
-    for (uint32_t i = 0; i < b->hit_count; i++) {
-        struct session *s = b->hits[i];
-        uint8_t qos = m->qos < s->match_qos ? m->qos : s->match_qos;
-        /* [MQTT-3.3.1-9] RETAIN is 0 on live delivery */
-        if (session_enqueue(s, m, qos, false) == 1 && (s->online || qos > 0))
-            b->stats.messages_dropped++;
-    }
+    route_match(b, m->topic);
+    route_deliver(b, m, false);
     if (b->hooks.on_message)
         b->hooks.on_message(b->hooks.ctx, m, from_client_id);
+}
+
+/* The session of a P2P target, NULL when the client has none. */
+static struct session *p2p_session(struct broker *b, const struct naming_topic *nt)
+{
+    char target[256];
+    size_t len = nt->p2p_target_len < sizeof target ? nt->p2p_target_len : sizeof target - 1;
+    memcpy(target, nt->p2p_target, len);
+    target[len] = '\0';
+    return hmap_get(&b->sessions, target);
 }
 
 /* P2P [SEMANTICS "P2P messages"]: to the target client only, no
  * subscription needed, at the published QoS; an offline target keeps it
  * only when its session is persistent (and QoS > 0). */
 static void deliver_p2p(struct broker *b, struct message *m, const struct naming_topic *nt,
-                        const char *from_client_id)
+                        const char *from_client_id, bool keep_offline)
 {
-    char target[256];
-    size_t len = nt->p2p_target_len < sizeof target ? nt->p2p_target_len : sizeof target - 1;
-    memcpy(target, nt->p2p_target, len);
-    target[len] = '\0';
-    struct session *s = hmap_get(&b->sessions, target);
+    struct session *s = p2p_session(b, nt);
     if (!s) {
         b->stats.p2p_no_target++;
-        log_info("P2P %s from %s: no session for %s, dropped", m->topic,
-                 from_client_id ? from_client_id : "-", target);
-    } else if (session_enqueue(s, m, m->qos, false) == 1) {
+        log_info("P2P %s from %s: no session for %.*s, dropped", m->topic,
+                 from_client_id ? from_client_id : "-", (int)nt->p2p_target_len, nt->p2p_target);
+    } else if (offer(s, m, m->qos, keep_offline) == 1) {
         b->stats.messages_dropped++;
     }
     if (b->hooks.on_message && from_client_id)
@@ -155,7 +185,7 @@ int handle_publish(struct conn *c, const struct mqtt_publish *p)
     log_debug("%s: PUBLISH %s qos=%u id=%016" PRIx64 " (%" PRIu32 " bytes)", s->client_id, m->topic,
               p->qos, m->id, p->payload_len);
     if (p2p)
-        deliver_p2p(b, m, &nt, s->client_id);
+        deliver_p2p(b, m, &nt, s->client_id, false);
     else
         broker_route(b, m, s->client_id);
     message_unref(m);
@@ -177,11 +207,28 @@ static int inject_p2p_topic(const char *topic, size_t topic_len, const char *tar
     return n;
 }
 
+/* Under INJECT_FLOW_CONTROL: an online receiver that would drop m at
+ * delivered QoS 1/2, NULL when every receiver has room. For P2P, target is
+ * the only receiver; else the hits of route_match. */
+static struct session *inject_full(struct broker *b, uint8_t qos, bool p2p, struct session *target)
+{
+    if (p2p)
+        return target && qos > 0 && target->online && !session_has_room(target) ? target : NULL;
+    for (uint32_t i = 0; i < b->hit_count; i++) {
+        struct session *s = b->hits[i];
+        uint8_t dq = qos < s->match_qos ? qos : s->match_qos;
+        if (dq > 0 && s->online && !session_has_room(s))
+            return s;
+    }
+    return NULL;
+}
+
 int broker_inject(struct broker *b, const char *topic, size_t topic_len, const uint8_t *payload,
-                  uint32_t payload_len, uint8_t qos, const char *p2p_client_id, char *why,
-                  size_t whylen)
+                  uint32_t payload_len, uint8_t qos, const char *p2p_client_id, unsigned flags,
+                  char *why, size_t whylen)
 {
     bool managed = b->cfg.naming_mode == NAMING_MANAGED;
+    bool flow = flags & INJECT_FLOW_CONTROL;
     char p2p_topic[512];
     if (p2p_client_id) {
         int group;
@@ -218,17 +265,44 @@ int broker_inject(struct broker *b, const char *topic, size_t topic_len, const u
         snprintf(why, whylen, "out of memory");
         return INJECT_NO_MEMORY;
     }
+    bool p2p = nt.p2p_target != NULL;
+    if (flow) {
+        /* all or nothing: look at every receiver before delivering to any */
+        if (!p2p)
+            route_match(b, m->topic);
+        struct session *full = inject_full(b, qos, p2p, p2p ? p2p_session(b, &nt) : NULL);
+        if (full) {
+            b->stats.inject_busy++;
+            snprintf(why, whylen,
+                     "client %s has no room (inflight %" PRIu32 "/%u, queued %" PRIu32 "/%" PRIu32
+                     ")",
+                     full->client_id, full->inflight.count, (unsigned)full->max_inflight,
+                     full->queue.count, full->max_queued);
+            message_unref(m);
+            return INJECT_BUSY;
+        }
+    }
     m->id = broker_next_message_id(b);
     m->time_ms = broker_message_id_time(m->id);
     b->stats.messages_received++;
     log_debug("inject: PUBLISH %s qos=%u id=%016" PRIx64 " (%" PRIu32 " bytes)", m->topic, qos,
               m->id, payload_len);
-    if (nt.p2p_target)
-        deliver_p2p(b, m, &nt, NULL);
-    else
-        broker_route(b, m, NULL);
+    /* Not handed to on_message (broker.h): an inbound and an outbound rule
+     * on one parent topic must not make a loop. */
+    if (p2p) {
+        deliver_p2p(b, m, &nt, NULL, flow);
+    } else {
+        if (!flow)
+            route_match(b, m->topic);
+        route_deliver(b, m, flow);
+    }
     message_unref(m);
     return 0;
+}
+
+uint64_t broker_room_gen(const struct broker *b)
+{
+    return b->room_gen;
 }
 
 int handle_puback(struct conn *c, uint8_t type, uint16_t packet_id)

@@ -161,6 +161,7 @@ int handle_unsubscribe(struct conn *c, const struct mqtt_subscribe *p)
             continue; /* [MQTT-3.10.4-5] UNSUBACK even when nothing matched */
         topic_tree_unsubscribe(b->topics, filter, s);
         broker_wildcards_adjust(b, filter, -1);
+        b->room_gen++; /* one receiver less: injection may go on */
         if (!s->clean_session && b->store)
             store_sub_del(b->store, s->client_id, filter);
         log_debug("%s: unsubscribed '%s'", s->client_id, filter);

@@ -102,6 +102,7 @@ static void ops_updated(void *ctx, struct session *s, const struct out_msg *om)
 static void ops_removed(void *ctx, struct session *s, const struct out_msg *om)
 {
     struct broker *b = ctx;
+    b->room_gen++; /* a slot or a queue place is free: injection may go on */
     if (s->clean_session)
         return;
     offline_unlink(b, (struct out_msg *)om);

@@ -247,7 +247,14 @@ void session_free(struct session *s)
 
 /* ---- outgoing API ---- */
 
-int session_enqueue(struct session *s, struct message *m, uint8_t qos, bool retain)
+bool session_has_room(const struct session *s)
+{
+    /* the same test as session_enqueue's drop below */
+    return (s->queue.count == 0 && session_window_free(s)) || s->queue.count < s->max_queued;
+}
+
+static int session_offer(struct session *s, struct message *m, uint8_t qos, bool retain,
+                         bool bounded)
 {
     if (!s || !m)
         return -1;
@@ -263,7 +270,7 @@ int session_enqueue(struct session *s, struct message *m, uint8_t qos, bool reta
         return 0;
     }
     direct = direct && session_window_free(s);
-    if (!direct && s->queue.count >= s->max_queued) {
+    if (bounded && !direct && s->queue.count >= s->max_queued) {
         s->dropped++;
         return 1;
     }
@@ -280,6 +287,16 @@ int session_enqueue(struct session *s, struct message *m, uint8_t qos, bool reta
     out_list_append(&s->queue, om);
     ops_stored(s, om);
     return 0;
+}
+
+int session_enqueue(struct session *s, struct message *m, uint8_t qos, bool retain)
+{
+    return session_offer(s, m, qos, retain, true);
+}
+
+int session_enqueue_kept(struct session *s, struct message *m, uint8_t qos)
+{
+    return session_offer(s, m, qos, false, false);
 }
 
 int session_on_puback(struct session *s, uint16_t packet_id)

@@ -115,6 +115,17 @@ void session_free(struct session *s);
  * 1 when dropped (queue full, or QoS 0 while offline), -1 out of memory. */
 int session_enqueue(struct session *s, struct message *m, uint8_t qos, bool retain);
 
+/* As session_enqueue, but a full queue does not drop the message: it is
+ * queued beyond max_queued. For messages the engine injects (inbound
+ * rules) into a persistent session that is offline: what bounds them is
+ * the broker's instance-wide max_offline_messages (oldest evicted), not
+ * the client's queue. 0 when sent or queued, 1 for QoS 0 while offline,
+ * -1 out of memory. */
+int session_enqueue_kept(struct session *s, struct message *m, uint8_t qos);
+/* Whether session_enqueue would keep a message now rather than drop it: a
+ * free inflight slot with nothing queued, or a queue below max_queued. */
+bool session_has_room(const struct session *s);
+
 /* The client acknowledged packet_id with PUBACK / PUBREC / PUBCOMP.
  * Returns 0 when it matched an inflight message in the right state, 1 when
  * unknown (ignored, as the spec allows), and pumps the queue as slots free.

@@ -29,6 +29,28 @@
  *   in_scenario_source_down the source's server is stopped before mqbridge
  *                          starts: MQTT is served meanwhile; once the
  *                          server is started again, records flow.
+ *   in_scenario_slow_subscriber  flow control: 20,000 records added at once
+ *                          while two QoS 1 subscribers of Commands/# are
+ *                          online, with limits max_inflight 5 and
+ *                          max_queued 20: a persistent one (raw client)
+ *                          that acknowledges only a full window at a time
+ *                          and a libmosquitto one. Each gets every record,
+ *                          first arrivals in order (repeats allowed,
+ *                          counted); the broker drops nothing, the rule
+ *                          waited for room (waits, inject_busy > 0), and
+ *                          the source is drained: lag 0 and, where the
+ *                          source can tell (unacked), nothing unacknowledged;
+ *   in_scenario_stuck_subscriber  a subscriber that never acknowledges holds
+ *                          the rule after its window and queue (25) are
+ *                          full: a warning names it, the other subscriber
+ *                          gets those 25 only, waits/blocked_ms show it;
+ *                          once it disconnects the other gets all 200.
+ *   in_scenario_reload     5,000 records to the slow subscriber while the
+ *                          rules are reloaded (SIGHUP) 4 times: the loop
+ *                          answers MQTT at once after each (the old
+ *                          readers stop on their own), every record
+ *                          arrives, first arrivals in order, the source is
+ *                          drained and the counters survive the reloads.
  *
  * Every record's payload names the scenario and the record's sequence
  * number and holds bytes that need care (NUL, 0xff, a quote, a newline),
@@ -106,6 +128,11 @@ struct in_source {
     /* The dead letters of the current scenario so far (cleared first);
      * NULL when the source keeps none. */
     void (*read_dead)(struct in_source *s, struct in_deads *out);
+    /* Records of the current scenario the rule has not acknowledged, as
+     * the source's server tells (Kafka: end offset - the group's committed
+     * offset; Redis: the group's pending entries and lag; PostgreSQL: rows
+     * left in the outbox). NULL when the test cannot ask. */
+    int64_t (*unacked)(struct in_source *s);
     void *ctx;
 };
 
@@ -114,6 +141,9 @@ void in_scenario_online(struct in_source *s);
 void in_scenario_kill9(struct in_source *s);
 void in_scenario_malformed(struct in_source *s);
 void in_scenario_source_down(struct in_source *s);
+void in_scenario_slow_subscriber(struct in_source *s);
+void in_scenario_stuck_subscriber(struct in_source *s);
+void in_scenario_reload(struct in_source *s);
 
 /* The payload of record seq of a scenario (tag: a word): text naming it,
  * then NUL, 0xff and other bytes that need care, then a tail whose length

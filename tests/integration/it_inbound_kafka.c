@@ -24,7 +24,9 @@ struct kf_source {
     const char *brokers;
     rd_kafka_t *producer;
     rd_kafka_t *consumer; /* of the dead-letter topic; NULL until read */
+    rd_kafka_t *offsets;  /* asks the rule's group for its commits; never joins */
     char topic[96], group[96], dead[96];
+    int partitions;
     int failed;           /* delivery reports with an error */
     struct in_deads seen; /* dead letters consumed so far */
 };
@@ -85,7 +87,12 @@ static void kf_prepare(struct in_source *s, bool ordered)
     snprintf(k->topic, sizeof k->topic, "%s_commands", name);
     snprintf(k->group, sizeof k->group, "mqb_%s", name);
     snprintf(k->dead, sizeof k->dead, "%s_dead", name);
-    kf_create_topic(k, k->topic, ordered ? 1 : 4);
+    k->partitions = ordered ? 1 : 4;
+    kf_create_topic(k, k->topic, k->partitions);
+    if (k->offsets) { /* it asked another group */
+        rd_kafka_destroy(k->offsets);
+        k->offsets = NULL;
+    }
     kf_create_topic(k, k->dead, 1);
 }
 
@@ -191,6 +198,44 @@ static void kf_read_dead(struct in_source *s, struct in_deads *out)
         in_deads_add(out, k->seen.v[i].payload, k->seen.v[i].len, k->seen.v[i].reason);
 }
 
+/* Sum over the topic's partitions of end offset - the rule's group's
+ * committed offset (the start when it committed none); -1 when an answer
+ * is missing. */
+static int64_t kf_unacked(struct in_source *s)
+{
+    struct kf_source *k = s->ctx;
+    char err[256];
+    if (!k->offsets) {
+        rd_kafka_conf_t *conf = rd_kafka_conf_new();
+        kf_conf(conf, "bootstrap.servers", k->brokers);
+        kf_conf(conf, "group.id", k->group); /* only OffsetFetch: never joins */
+        kf_conf(conf, "enable.auto.commit", "false");
+        rd_kafka_conf_set_log_cb(conf, kf_quiet_log);
+        k->offsets = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+        ck_assert_msg(k->offsets != NULL, "consumer: %s", err);
+    }
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(k->partitions);
+    for (int p = 0; p < k->partitions; p++)
+        rd_kafka_topic_partition_list_add(l, k->topic, p);
+    int64_t total = -1;
+    if (rd_kafka_committed(k->offsets, l, KF_ADMIN_MS) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        total = 0;
+        for (int p = 0; p < k->partitions && total >= 0; p++) {
+            int64_t lo = -1, hi = -1;
+            if (l->elems[p].err != RD_KAFKA_RESP_ERR_NO_ERROR ||
+                rd_kafka_query_watermark_offsets(k->producer, k->topic, p, &lo, &hi, KF_ADMIN_MS) !=
+                    RD_KAFKA_RESP_ERR_NO_ERROR) {
+                total = -1;
+                break;
+            }
+            int64_t at = l->elems[p].offset >= 0 ? l->elems[p].offset : lo;
+            total += hi > at ? hi - at : 0;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    return total;
+}
+
 static void kf_source_init(struct in_source *s, struct kf_source *k)
 {
     char err[256];
@@ -214,6 +259,7 @@ static void kf_source_init(struct in_source *s, struct kf_source *k)
         .write_source = kf_write_source,
         .produce = kf_produce,
         .read_dead = kf_read_dead,
+        .unacked = kf_unacked,
         .ctx = k,
     };
 }
@@ -226,6 +272,8 @@ static void kf_source_free(struct kf_source *k)
         rd_kafka_consumer_close(k->consumer);
         rd_kafka_destroy(k->consumer);
     }
+    if (k->offsets)
+        rd_kafka_destroy(k->offsets);
     in_deads_clear(&k->seen);
     free(k->seen.v);
 }
@@ -247,6 +295,8 @@ KF_TEST(test_kafka_online_subtopics_qos_p2p, in_scenario_online)
 KF_TEST(test_kafka_kill9_mid_stream, in_scenario_kill9)
 KF_TEST(test_kafka_malformed_skipped_counted_dead_lettered, in_scenario_malformed)
 KF_TEST(test_kafka_down_at_start, in_scenario_source_down)
+KF_TEST(test_kafka_slow_subscriber_no_loss, in_scenario_slow_subscriber)
+KF_TEST(test_kafka_reload_mid_stream, in_scenario_reload)
 
 static Suite *inbound_kafka_suite(void)
 {
@@ -261,6 +311,8 @@ static Suite *inbound_kafka_suite(void)
         tcase_add_test(tc, test_kafka_kill9_mid_stream);
         tcase_add_test(tc, test_kafka_malformed_skipped_counted_dead_lettered);
         tcase_add_test(tc, test_kafka_down_at_start);
+        tcase_add_test(tc, test_kafka_slow_subscriber_no_loss);
+        tcase_add_test(tc, test_kafka_reload_mid_stream);
     }
     suite_add_tcase(s, tc);
     return s;

@@ -19,7 +19,7 @@ struct pg_source {
     const char *conninfo;
     PGconn *pg;
     char table[96], dead[96];
-    char *insert, *select_dead; /* SQL with the escaped table names */
+    char *insert, *select_dead, *count; /* SQL with the escaped table names */
 };
 
 /* A connection to the server, made again when the server was restarted. */
@@ -68,6 +68,8 @@ static void pgs_prepare(struct in_source *s, bool ordered)
     snprintf(p->dead, sizeof p->dead, "outbox_%s_dead", name);
     free(p->insert);
     free(p->select_dead);
+    free(p->count);
+    p->count = pgs_sql(p, "SELECT count(*) FROM %s", p->table);
     p->insert = pgs_sql(
         p, "INSERT INTO %s (topic, qos, client_id, payload) VALUES ($1, $2, $3, $4)", p->table);
     p->select_dead = pgs_sql(p, "SELECT payload, reason FROM %s", p->dead);
@@ -129,6 +131,18 @@ static void pgs_read_dead(struct in_source *s, struct in_deads *out)
     PQclear(res);
 }
 
+/* Rows left in the outbox: the ones not acknowledged (deleted) yet. */
+static int64_t pgs_unacked(struct in_source *s)
+{
+    struct pg_source *p = s->ctx;
+    PGresult *res = PQexec(pgs_conn(p), p->count);
+    ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1, "%s: %s", p->count,
+                  PQresultErrorMessage(res));
+    int64_t n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return n;
+}
+
 static void pgs_source_init(struct in_source *s, struct pg_source *p)
 {
     memset(p, 0, sizeof *p);
@@ -141,6 +155,7 @@ static void pgs_source_init(struct in_source *s, struct pg_source *p)
         .write_source = pgs_write_source,
         .produce = pgs_produce,
         .read_dead = pgs_read_dead,
+        .unacked = pgs_unacked,
         .ctx = p,
     };
 }
@@ -149,6 +164,7 @@ static void pgs_source_free(struct pg_source *p)
 {
     free(p->insert);
     free(p->select_dead);
+    free(p->count);
     PQfinish(p->pg);
 }
 
@@ -168,6 +184,8 @@ PGS_TEST(test_postgres_online_subtopics_qos_p2p, in_scenario_online)
 PGS_TEST(test_postgres_kill9_mid_stream, in_scenario_kill9)
 PGS_TEST(test_postgres_malformed_skipped_counted_dead_lettered, in_scenario_malformed)
 PGS_TEST(test_postgres_down_at_start, in_scenario_source_down)
+PGS_TEST(test_postgres_slow_subscriber_no_loss, in_scenario_slow_subscriber)
+PGS_TEST(test_postgres_reload_mid_stream, in_scenario_reload)
 
 static Suite *inbound_postgres_suite(void)
 {
@@ -182,6 +200,8 @@ static Suite *inbound_postgres_suite(void)
         tcase_add_test(tc, test_postgres_kill9_mid_stream);
         tcase_add_test(tc, test_postgres_malformed_skipped_counted_dead_lettered);
         tcase_add_test(tc, test_postgres_down_at_start);
+        tcase_add_test(tc, test_postgres_slow_subscriber_no_loss);
+        tcase_add_test(tc, test_postgres_reload_mid_stream);
     }
     suite_add_tcase(s, tc);
     return s;

@@ -147,6 +147,28 @@ static void rd_read_dead(struct in_source *s, struct in_deads *out)
     freeReplyObject(rep);
 }
 
+/* XINFO GROUPS: the group's pending entries plus its lag (entries not yet
+ * read); -1 when the server does not say. */
+static int64_t rd_unacked(struct in_source *s)
+{
+    struct rd_source *r = s->ctx;
+    int64_t pending = -1, lag = -1;
+    redisReply *rep = redisCommand(rd_conn(r), "XINFO GROUPS %s", r->stream);
+    ck_assert_msg(rep && rep->type == REDIS_REPLY_ARRAY, "XINFO GROUPS %s: %s", r->stream,
+                  rep && rep->type == REDIS_REPLY_ERROR ? rep->str : r->ctx->errstr);
+    for (size_t i = 0; i < rep->elements; i++) {
+        const redisReply *g = rep->element[i];
+        const redisReply *name = rd_field(g, "name");
+        if (!name || name->type != REDIS_REPLY_STRING || strcmp(name->str, "mqb") != 0)
+            continue;
+        const redisReply *p = rd_field(g, "pending"), *l = rd_field(g, "lag");
+        pending = p && p->type == REDIS_REPLY_INTEGER ? p->integer : -1;
+        lag = l && l->type == REDIS_REPLY_INTEGER ? l->integer : -1;
+    }
+    freeReplyObject(rep);
+    return pending < 0 || lag < 0 ? -1 : pending + lag;
+}
+
 static void rd_source_init(struct in_source *s, struct rd_source *r)
 {
     memset(r, 0, sizeof *r);
@@ -160,6 +182,7 @@ static void rd_source_init(struct in_source *s, struct rd_source *r)
         .write_source = rd_write_source,
         .produce = rd_produce,
         .read_dead = rd_read_dead,
+        .unacked = rd_unacked,
         .ctx = r,
     };
 }
@@ -190,6 +213,9 @@ RD_TEST(test_redis_online_subtopics_qos_p2p, in_scenario_online)
 RD_TEST(test_redis_kill9_mid_stream, in_scenario_kill9)
 RD_TEST(test_redis_malformed_skipped_counted_dead_lettered, in_scenario_malformed)
 RD_TEST(test_redis_down_at_start, in_scenario_source_down)
+RD_TEST(test_redis_slow_subscriber_no_loss, in_scenario_slow_subscriber)
+RD_TEST(test_redis_reload_mid_stream, in_scenario_reload)
+RD_TEST(test_redis_stuck_subscriber_holds_the_rule, in_scenario_stuck_subscriber)
 
 static Suite *inbound_redis_suite(void)
 {
@@ -204,6 +230,9 @@ static Suite *inbound_redis_suite(void)
         tcase_add_test(tc, test_redis_kill9_mid_stream);
         tcase_add_test(tc, test_redis_malformed_skipped_counted_dead_lettered);
         tcase_add_test(tc, test_redis_down_at_start);
+        tcase_add_test(tc, test_redis_slow_subscriber_no_loss);
+        tcase_add_test(tc, test_redis_reload_mid_stream);
+        tcase_add_test(tc, test_redis_stuck_subscriber_holds_the_rule);
     }
     suite_add_tcase(s, tc);
     return s;
