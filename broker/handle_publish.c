@@ -49,7 +49,16 @@ static void route_match(struct broker *b, const char *topic)
 
 /* Offer m to session s at qos: session_enqueue's result. keep_offline: an
  * offline persistent session keeps a QoS 1/2 message past its queue bound
- * (injected messages). */
+ * (naming: managed, where offline messages are bounded per instance by
+ * max_offline_messages and offline_message_ttl, and injected messages). */
+/* The managed service keeps offline messages per instance (SEMANTICS.md):
+ * max_queued bounds only an online client's queue there. naming: mqtt
+ * keeps Mosquitto's max_queued_messages, which also bounds offline ones. */
+static bool offline_unbounded(const struct broker *b)
+{
+    return b->cfg.naming_mode == NAMING_MANAGED;
+}
+
 static int offer(struct session *s, struct message *m, uint8_t qos, bool keep_offline)
 {
     int rc = keep_offline && !s->online && qos > 0 ? session_enqueue_kept(s, m, qos)
@@ -80,7 +89,7 @@ void broker_route(struct broker *b, struct message *m, const char *from_client_i
             m->payload_len ? store_retain_put(b->store, m) : store_retain_del(b->store, m->topic);
     }
     route_match(b, m->topic);
-    route_deliver(b, m, false);
+    route_deliver(b, m, offline_unbounded(b));
     if (b->hooks.on_message)
         b->hooks.on_message(b->hooks.ctx, m, from_client_id);
 }
@@ -185,7 +194,7 @@ int handle_publish(struct conn *c, const struct mqtt_publish *p)
     log_debug("%s: PUBLISH %s qos=%u id=%016" PRIx64 " (%" PRIu32 " bytes)", s->client_id, m->topic,
               p->qos, m->id, p->payload_len);
     if (p2p)
-        deliver_p2p(b, m, &nt, s->client_id, false);
+        deliver_p2p(b, m, &nt, s->client_id, offline_unbounded(b));
     else
         broker_route(b, m, s->client_id);
     message_unref(m);

@@ -304,6 +304,32 @@ START_TEST(test_offline_bound_instance_wide)
 }
 END_TEST
 
+/* max_queued bounds an online client's queue only: offline messages are
+ * bounded per instance (SEMANTICS), so with max_queued 3 an offline
+ * persistent session keeps all 10 messages published to its subscription
+ * and all 10 P2P messages sent to it. */
+START_TEST(test_offline_not_bounded_by_max_queued)
+{
+    const char *topic = "SensorData/q3";
+    const char *p2p = "SensorData/p2p/GID_sensors@@@q3";
+    struct it_broker b;
+    struct it_broker_opts o = {.instance_yaml = OFFLINE_INSTANCE, .max_queued = 3};
+    it_broker_start(&b, &o);
+    subscribe_and_leave(b.port, "GID_sensors@@@q3", topic);
+    publish_range(b.port, topic, 0, 9);
+    publish_range(b.port, p2p, 0, 9);
+    stats_expect(&b, "offline_messages", 20, IT_WAIT_MS);
+
+    struct it_raw sub;
+    it_raw_connect_ok(&sub, b.port, "GID_sensors@@@q3", false, true);
+    receive_range(&sub, topic, 0, 9);
+    receive_range(&sub, p2p, 0, 9);
+    expect_only_marker(&sub, b.port, topic);
+    it_raw_close(&sub);
+    it_broker_cleanup(&b);
+}
+END_TEST
+
 static Suite *offline_suite(void)
 {
     Suite *s = suite_create("it_offline");
@@ -318,6 +344,7 @@ static Suite *offline_suite(void)
         tcase_add_test(tc, test_offline_expiry);
         tcase_add_test(tc, test_offline_bound_oldest_evicted);
         tcase_add_test(tc, test_offline_bound_instance_wide);
+        tcase_add_test(tc, test_offline_not_bounded_by_max_queued);
     }
     suite_add_tcase(s, tc);
     return s;
