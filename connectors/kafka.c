@@ -1,9 +1,13 @@
 /* Kafka connector (librdkafka producer).
  *
- * Rule: export() produces every record of the batch, then serves delivery
- * reports until each record has one (or a deadline of message.timeout.ms
- * plus a margin passes), and acknowledges the longest prefix whose reports
- * say "delivered" (acks=all by default). Examples, for a batch of 4:
+ * Rule: export() produces every record of the batch, then flushes and
+ * serves delivery reports until librdkafka is done with every record (or
+ * a deadline of message.timeout.ms plus a margin passes: the rest is then
+ * purged, and its reports waited for), and acknowledges the longest prefix
+ * whose reports say "delivered" (acks=all by default). Values are produced
+ * in place, not copied: the engine keeps the records alive until export()
+ * returns, and export() never returns while librdkafka may still read
+ * one. Examples, for a batch of 4:
  *   reports ok ok ok ok                      -> OK, acked 4
  *   produce() of #2 says MSG_SIZE_TOO_LARGE  -> REJECT, acked 2 (#3 never sent)
  *   reports ok timeout timeout timeout       -> RETRY, acked 1
@@ -14,11 +18,20 @@
  * records go to one partition, and the idempotent producer keeps their
  * order across internal retries (enable.idempotence=true by default).
  *
+ * Per record, the connector itself allocates nothing: a literal topic and
+ * a literal key are rendered once by compile(), the default key is the
+ * client ID as it is, topic handles are kept, header numbers are
+ * formatted by hand. (librdkafka still allocates the message and each of
+ * its 5 headers.)
+ *
  * Source (inbound rules): one consumer per rule, in the rule's group, with
- * automatic commits and offset stores off. Offsets are committed only by
- * source_ack(), i.e. after the engine published the batch and the broker's
- * store committed it, never before (LANDSCAPE.md P-4). The commit for a
- * partition is the offset of the batch's last record there plus one.
+ * automatic commits and offset stores off, a 10 s session (a crashed
+ * mqbridge's partitions go to the group's next member after at most that)
+ * or, with `instance_id`, static membership (its restart takes them over
+ * at once). Offsets are committed only by source_ack(), i.e. after the
+ * engine published the batch and the broker's store committed it, never
+ * before (LANDSCAPE.md P-4). The commit for a partition is the offset of
+ * the batch's last record there plus one.
  * Examples, for a batch 0@5 2@9 0@6 (partition@offset):
  *   all PUBLISHED                      -> commit {0: 7, 2: 10}, OK
  *   0@5 SKIPPED, dead_letter_topic set -> a copy of 0@5 with header `reason`
@@ -57,9 +70,12 @@ enum {
     KAFKA_PURGE_WAIT_MS = 2000,      /* for the reports of purged messages */
     KAFKA_TOPIC_MAX = 249,
     KAFKA_GROUP_MAX = 255,
+    KAFKA_INSTANCE_ID_MAX = 128,  /* + "." + a rule name (64): within Kafka's 249 */
     KAFKA_COMMIT_WAIT_MS = 10000, /* for the answer to an offset commit */
     KAFKA_CLOSE_WAIT_MS = 5000,   /* for a consumer to leave its group */
     KAFKA_LAG_WAIT_MS = 1000,     /* per query made by source_lag() */
+    KAFKA_TOPIC_HANDLES = 16,     /* topic handles kept by the producer */
+    KAFKA_POLL_EVERY = 1024,      /* records produced between two report polls */
 };
 
 static const struct kv_key kafka_settings[] = {
@@ -69,6 +85,9 @@ static const struct kv_key kafka_settings[] = {
      "the source's consumers)"},
     {"connect_timeout_ms", KV_SCALAR, 0,
      "how long open() waits for the cluster's metadata (default 5000)"},
+    {"instance_id", KV_SCALAR, 0,
+     "static group membership of the inbound rules' consumers: a name unique to this mqbridge "
+     "among the members of their groups (group.instance.id = <instance_id>.<rule name>)"},
     {NULL, KV_SCALAR, 0, NULL},
 };
 
@@ -136,7 +155,21 @@ static const struct {
     {"enable.partition.eof", "false", "the end of a partition is not an event"},
     {"group.id", NULL, "set `group` in the inbound rule's source"},
     {"auto.offset.reset", NULL, "set `offset_reset` in the inbound rule's source"},
-    {"group.instance.id", NULL, "static membership is not supported (one id per consumer)"},
+    {"group.instance.id", NULL,
+     "set `instance_id` in the connector's settings (each rule's consumer gets its own id)"},
+};
+
+/* The consumers' own defaults, applied after kafka_defaults and before the
+ * user's `options`. A consumer that vanished without leaving its group (a
+ * crash, kill -9) keeps its partitions until the session times out:
+ * librdkafka's 45 s would hold the records back that long, 10 s is the
+ * Java client's former default (the broker allows 6 s at least). The
+ * heartbeat stays at a third of it. */
+static const struct {
+    const char *name, *value;
+} kafka_source_defaults[] = {
+    {"session.timeout.ms", "10000"},
+    {"heartbeat.interval.ms", "3000"},
 };
 
 /* Applied before the user's `options`, which may override any of them. */
@@ -154,23 +187,38 @@ static const struct {
     {"client.id", "mqbridge"},
 };
 
-/* The delivery state of one record of the current batch. */
+/* The delivery state of one record of the current batch: a report came
+ * (err says how it went), or none (yet). */
 struct kafka_slot {
     rd_kafka_resp_err_t err;
     bool reported;
 };
 
+/* A topic handle of the producer, kept so that a record does not pay for
+ * librdkafka's look-up of the topic by name (a lock and a scan). */
+struct kafka_topic_ref {
+    char *name;
+    rd_kafka_topic_t *rkt;
+};
+
 struct kafka_conn {
     char *name;
     char *brokers;
+    char *instance_id;         /* static membership of the consumers; NULL: dynamic */
     rd_kafka_conf_t *conf;     /* validated; duplicated by each open() and dead-letter producer */
     rd_kafka_conf_t *src_conf; /* the consumers' base; completed per rule by compile() */
     int connect_timeout_ms;
     int report_wait_ms; /* message.timeout.ms + margin */
     rd_kafka_t *rk;     /* NULL while closed */
+    /* Handles of rk's topics, most recently made last; destroyed before
+     * rk (connector thread only). */
+    struct kafka_topic_ref topics[KAFKA_TOPIC_HANDLES];
+    size_t topics_n;
     /* The batch being exported (connector thread only). */
     struct kafka_slot *slots;
-    size_t slots_cap, batch_n, outstanding;
+    size_t slots_cap, batch_n;
+    size_t batch_sent;  /* records [0, batch_sent) were produced (or skipped) */
+    bool batch_settled; /* librdkafka is done with every one of them */
     /* Records after a rejected one that were delivered already: a re-offer
      * starting at skip_first (seqno) is acknowledged up to skip_last
      * without producing them again. */
@@ -187,12 +235,24 @@ struct kafka_inbound {
     rd_kafka_conf_t *conf; /* the consumer's, validated; duplicated by source_open() */
 };
 
+/* How a target's key is made per record. */
+enum kafka_key_kind {
+    KAFKA_KEY_CLIENT_ID, /* "${clientid}" (the default): the record's client ID as it is */
+    KAFKA_KEY_FIXED,     /* a literal: rendered once (empty: no key) */
+    KAFKA_KEY_TEMPLATE,  /* anything else: rendered per record */
+};
+
 /* What compile() makes of a rule: an export target (outbound, status) or
- * an inbound source (in != NULL, templates NULL). */
+ * an inbound source (in != NULL, templates NULL). What does not depend on
+ * the record is rendered here, once. */
 struct kafka_target {
     enum rule_type type;
     struct template *topic;
     struct template *key;
+    char *topic_name; /* a literal topic (checked); NULL: rendered per record */
+    enum kafka_key_kind key_kind;
+    char *key_fixed; /* KAFKA_KEY_FIXED */
+    size_t key_fixed_len;
     struct kafka_inbound *in;
 };
 
@@ -247,7 +307,6 @@ static void kafka_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void 
         return;
     kc->slots[i].reported = true;
     kc->slots[i].err = m->err;
-    kc->outstanding--;
 }
 
 /* ---- configuration (engine loop) ---------------------------------------- */
@@ -356,6 +415,11 @@ static int kafka_src_conf_build(struct kafka_conn *kc, const struct kvmap *setti
                            sizeof why) != 0)
             return kv_error(err, errlen, settings, NULL, "kafka default %s: %s",
                             kafka_defaults[i].name, why);
+    for (size_t i = 0; i < sizeof kafka_source_defaults / sizeof kafka_source_defaults[0]; i++)
+        if (kafka_conf_put(kc->src_conf, kafka_source_defaults[i].name,
+                           kafka_source_defaults[i].value, why, sizeof why) != 0)
+            return kv_error(err, errlen, settings, NULL, "kafka default %s: %s",
+                            kafka_source_defaults[i].name, why);
     if (kafka_conf_put(kc->src_conf, "bootstrap.servers", kc->brokers, why, sizeof why) != 0)
         return kv_error(err, errlen, settings, NULL, "brokers: %s", why);
     for (unsigned i = 0; opts != NULL && i < opts->count; i++) {
@@ -372,6 +436,7 @@ static int kafka_src_conf_build(struct kafka_conn *kc, const struct kvmap *setti
 }
 
 static void kafka_destroy(struct connector *c);
+static bool kafka_topic_valid(const char *s, size_t len);
 
 static int kafka_create(const char *name, const struct kvmap *settings, struct connector **out,
                         char *err, size_t errlen)
@@ -395,6 +460,18 @@ static int kafka_create(const char *name, const struct kvmap *settings, struct c
         goto fail;
     }
     kc->connect_timeout_ms = (int)timeout;
+    const struct kv *inst = kv_find(settings, "instance_id");
+    if (inst != NULL && (strlen(inst->value) > KAFKA_INSTANCE_ID_MAX ||
+                         !kafka_topic_valid(inst->value, strlen(inst->value)))) {
+        kv_error(err, errlen, settings, inst,
+                 "instance_id: expected 1..%d of A-Z a-z 0-9 . _ - (not \".\" or \"..\")",
+                 KAFKA_INSTANCE_ID_MAX);
+        goto fail;
+    }
+    if (inst != NULL && (kc->instance_id = strdup(inst->value)) == NULL) {
+        kv_error(err, errlen, settings, NULL, "%s: out of memory", where);
+        goto fail;
+    }
     if (kafka_conf_build(kc, settings, err, errlen) != 0 ||
         kafka_src_conf_build(kc, settings, err, errlen) != 0)
         goto fail;
@@ -421,6 +498,7 @@ static void kafka_destroy(struct connector *c)
     buf_free(&kc->topic);
     buf_free(&kc->key);
     free(kc->brokers);
+    free(kc->instance_id);
     free(kc->name);
     free(kc);
 }
@@ -458,24 +536,49 @@ static int kafka_template(const struct rule *r, const char *key, const char *def
     return 0;
 }
 
-/* A literal topic is checked now; a rendered one at export time. */
-static int kafka_check_literal_topic(const struct rule *r, const struct template *t, char *err,
-                                     size_t errlen)
+/* The rendering of a literal template: a NUL-terminated copy in *out,
+ * its length in *len. 0, or -1 when out of memory. */
+static int kafka_render_literal(const struct template *t, char **out, size_t *len)
 {
     struct buf b = {0};
     const struct template_input none = {.client_id = "", .topic = ""};
-    int rc = 0;
-    if (!template_is_literal(t))
-        return 0;
-    if (template_render(t, &none, &b) != 0 || buf_append_u8(&b, 0) != 0)
-        rc = kv_error(err, errlen, r->options, NULL, "rule '%s': out of memory", r->name);
-    else if (!kafka_topic_valid((const char *)b.data, b.len - 1))
-        rc = kv_error(err, errlen, r->options, kv_find(r->options, "topic"),
-                      "rule '%s': topic '%s' is not a valid Kafka topic name "
-                      "(1..249 of A-Z a-z 0-9 . _ -)",
-                      r->name, (const char *)b.data);
-    buf_free(&b);
-    return rc;
+    *out = NULL;
+    if (template_render(t, &none, &b) != 0 || buf_append_u8(&b, 0) != 0) {
+        buf_free(&b);
+        return -1;
+    }
+    *len = b.len - 1;
+    *out = (char *)b.data; /* the buffer's memory, handed over */
+    return 0;
+}
+
+/* A literal topic is checked and kept now; a templated one is rendered
+ * and checked per record. The key: the client ID as it is, a literal kept
+ * now, or rendered per record. */
+static int kafka_target_fixed(const struct rule *r, struct kafka_target *t, char *err,
+                              size_t errlen)
+{
+    size_t len = 0;
+    const struct kv *key = kv_find(r->options, "key");
+    if (template_is_literal(t->topic)) {
+        if (kafka_render_literal(t->topic, &t->topic_name, &len) != 0)
+            return kv_error(err, errlen, r->options, NULL, "rule '%s': out of memory", r->name);
+        if (!kafka_topic_valid(t->topic_name, len))
+            return kv_error(err, errlen, r->options, kv_find(r->options, "topic"),
+                            "rule '%s': topic '%s' is not a valid Kafka topic name "
+                            "(1..249 of A-Z a-z 0-9 . _ -)",
+                            r->name, t->topic_name);
+    }
+    if (key == NULL || strcmp(key->value, "${clientid}") == 0) {
+        t->key_kind = KAFKA_KEY_CLIENT_ID;
+    } else if (template_is_literal(t->key)) {
+        t->key_kind = KAFKA_KEY_FIXED;
+        if (kafka_render_literal(t->key, &t->key_fixed, &t->key_fixed_len) != 0)
+            return kv_error(err, errlen, r->options, NULL, "rule '%s': out of memory", r->name);
+    } else {
+        t->key_kind = KAFKA_KEY_TEMPLATE;
+    }
+    return 0;
 }
 
 /* ---- inbound rules (engine loop) ----------------------------------------- */
@@ -499,16 +602,20 @@ static bool kafka_group_valid(const char *s)
 static int kafka_inbound_conf(const struct kafka_conn *kc, const struct rule *r,
                               struct kafka_inbound *in, char *err, size_t errlen)
 {
-    char why[512];
+    char why[512], member[KAFKA_INSTANCE_ID_MAX + 80];
     in->conf = rd_kafka_conf_dup(kc->src_conf);
     if (in->conf == NULL)
         return kv_error(err, errlen, r->options, NULL, "rule '%s': out of memory", r->name);
+    if (kc->instance_id != NULL) /* rule names are 1..64 of A-Z a-z 0-9 . _ - */
+        snprintf(member, sizeof member, "%s.%s", kc->instance_id, r->name);
     for (size_t i = 0; i < sizeof kafka_source_fixed / sizeof kafka_source_fixed[0]; i++) {
         const char *name = kafka_source_fixed[i].name, *value = kafka_source_fixed[i].value;
         if (strcmp(name, "group.id") == 0)
             value = in->group;
         else if (strcmp(name, "auto.offset.reset") == 0)
             value = in->earliest ? "earliest" : "latest";
+        else if (strcmp(name, "group.instance.id") == 0)
+            value = kc->instance_id != NULL ? member : NULL;
         if (value != NULL && kafka_conf_put(in->conf, name, value, why, sizeof why) != 0)
             return kv_error(err, errlen, r->options, NULL, "rule '%s': %s: %s", r->name, name, why);
     }
@@ -629,8 +736,8 @@ static int kafka_compile(struct connector *c, const struct rule *r, void **compi
     }
     t->type = r->type;
     if (kafka_template(r, "topic", NULL, &t->topic, err, errlen) != 0 ||
-        kafka_check_literal_topic(r, t->topic, err, errlen) != 0 ||
-        kafka_template(r, "key", "${clientid}", &t->key, err, errlen) != 0)
+        kafka_template(r, "key", "${clientid}", &t->key, err, errlen) != 0 ||
+        kafka_target_fixed(r, t, err, errlen) != 0)
         goto fail;
     *compiled = t;
     return 0;
@@ -646,6 +753,8 @@ static void kafka_release(struct connector *c, void *compiled)
         return;
     template_free(t->topic);
     template_free(t->key);
+    free(t->topic_name);
+    free(t->key_fixed);
     kafka_inbound_free(t->in);
     free(t);
 }
@@ -686,12 +795,25 @@ static int kafka_open(struct connector *c, char *err, size_t errlen)
     return CONNECTOR_RETRY;
 }
 
+/* Topic handles go before their producer. */
+static void kafka_topics_drop(struct kafka_conn *kc)
+{
+    for (size_t i = 0; i < kc->topics_n; i++) {
+        rd_kafka_topic_destroy(kc->topics[i].rkt);
+        free(kc->topics[i].name);
+    }
+    kc->topics_n = 0;
+}
+
+/* Every export waits for or purges its own records, so nothing of a batch
+ * is left here; the flush is for a close in the middle of nowhere. */
 static void kafka_close(struct connector *c)
 {
     struct kafka_conn *kc = kafka_of(c);
     if (kc == NULL || kc->rk == NULL)
         return;
     kc->batch_n = 0; /* late reports belong to no batch */
+    kafka_topics_drop(kc);
     if (rd_kafka_flush(kc->rk, 1000) != RD_KAFKA_RESP_ERR_NO_ERROR) {
         rd_kafka_purge(kc->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
         rd_kafka_flush(kc->rk, 1000);
@@ -725,63 +847,171 @@ static void kafka_input(const struct export_record *rec, struct template_input *
     };
 }
 
-/* One produce call; the message and headers are copied by librdkafka. */
-static rd_kafka_resp_err_t kafka_produce_rec(struct kafka_conn *kc, const struct export_record *rec,
-                                             size_t index)
+/* The producer's handle of topic `name`. Kept handles are searched newest
+ * first (one literal topic: one comparison); a new one replaces the
+ * oldest when KAFKA_TOPIC_HANDLES are kept. NULL when out of memory. */
+static rd_kafka_topic_t *kafka_topic_handle(struct kafka_conn *kc, const char *name)
 {
-    char msgid[17], qos[4], ts[24], seq[24];
-    const char *cid = rec->client_id ? rec->client_id : "";
-    const void *key = kc->key.len ? kc->key.data : NULL;
-    void *opaque = (void *)(uintptr_t)index;
-    snprintf(ts, sizeof ts, "%" PRId64, rec->time_ms);
-    if (rec->kind == RECORD_STATUS) {
-        snprintf(seq, sizeof seq, "%" PRIu64, rec->msg_id);
-        const char *ev = rec->event_type ? rec->event_type : "";
-        return rd_kafka_producev(
-            kc->rk, RD_KAFKA_V_TOPIC((const char *)kc->topic.data),
-            RD_KAFKA_V_KEY(key, kc->key.len),
-            RD_KAFKA_V_VALUE((void *)rec->payload, rec->payload_len),
-            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_TIMESTAMP(rec->time_ms),
-            RD_KAFKA_V_HEADER("tag", ev, -1), RD_KAFKA_V_HEADER("eventType", ev, -1),
-            RD_KAFKA_V_HEADER("seq", seq, -1), RD_KAFKA_V_HEADER("clientId", cid, -1),
-            RD_KAFKA_V_HEADER("timestamp", ts, -1), RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+    for (size_t i = kc->topics_n; i-- > 0;)
+        if (strcmp(kc->topics[i].name, name) == 0)
+            return kc->topics[i].rkt;
+    char *copy = strdup(name);
+    rd_kafka_topic_t *rkt = copy != NULL ? rd_kafka_topic_new(kc->rk, name, NULL) : NULL;
+    if (rkt == NULL) {
+        free(copy);
+        return NULL;
     }
-    snprintf(msgid, sizeof msgid, "%016" PRIx64, rec->msg_id);
-    snprintf(qos, sizeof qos, "%u", (unsigned)rec->qos);
-    return rd_kafka_producev(
-        kc->rk, RD_KAFKA_V_TOPIC((const char *)kc->topic.data), RD_KAFKA_V_KEY(key, kc->key.len),
-        RD_KAFKA_V_VALUE((void *)rec->payload, rec->payload_len),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_TIMESTAMP(rec->time_ms),
-        RD_KAFKA_V_HEADER("msgid", msgid, -1),
-        RD_KAFKA_V_HEADER("mqttTopic", rec->topic ? rec->topic : "", -1),
-        RD_KAFKA_V_HEADER("clientId", cid, -1), RD_KAFKA_V_HEADER("qos", qos, -1),
-        RD_KAFKA_V_HEADER("timestamp", ts, -1), RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+    if (kc->topics_n == KAFKA_TOPIC_HANDLES) {
+        /* records already queued keep their own reference to the topic */
+        rd_kafka_topic_destroy(kc->topics[0].rkt);
+        free(kc->topics[0].name);
+        memmove(kc->topics, kc->topics + 1, (KAFKA_TOPIC_HANDLES - 1) * sizeof kc->topics[0]);
+        kc->topics_n--;
+    }
+    kc->topics[kc->topics_n++] = (struct kafka_topic_ref){.name = copy, .rkt = rkt};
+    return rkt;
 }
 
-/* Renders and produces recs[i]. A full local queue is back-pressure: serve
- * reports and try again until the deadline. Returns the error that stops
- * the batch at i (NO_ERROR when produced); *detail names a local cause. */
+/* Header values, without snprintf: decimal (out: 20 bytes at least),
+ * and 16 lowercase hex digits (out: 16 bytes). Return the length. */
+static size_t kafka_fmt_u64(char *out, uint64_t v)
+{
+    char rev[20];
+    size_t n = 0;
+    do {
+        rev[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = rev[n - 1 - i];
+    return n;
+}
+
+static size_t kafka_fmt_i64(char *out, int64_t v)
+{
+    if (v >= 0)
+        return kafka_fmt_u64(out, (uint64_t)v);
+    out[0] = '-';
+    return 1 + kafka_fmt_u64(out + 1, 0 - (uint64_t)v);
+}
+
+static size_t kafka_fmt_hex16(char *out, uint64_t v)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        out[i] = digits[v & 15];
+    return 16;
+}
+
+/* Where one record goes and under which key. */
+struct kafka_out {
+    rd_kafka_topic_t *rkt;
+    const void *key; /* NULL: no key */
+    size_t key_len;
+};
+
+/* Topic and key of rec: what compile() prepared, else rendered into the
+ * connector's scratch buffers (valid until the next record). NO_ERROR, or
+ * the error that stops the batch at rec with *detail saying why. */
+static rd_kafka_resp_err_t kafka_out_make(struct kafka_conn *kc, const struct kafka_target *t,
+                                          const struct export_record *rec, struct kafka_out *o,
+                                          const char **detail)
+{
+    struct template_input in;
+    const char *topic = t->topic_name;
+    *o = (struct kafka_out){.key = NULL};
+    if (topic == NULL || t->key_kind == KAFKA_KEY_TEMPLATE)
+        kafka_input(rec, &in);
+    if (topic == NULL) {
+        if (kafka_render(&kc->topic, t->topic, &in) != 0) {
+            *detail = "out of memory";
+            return RD_KAFKA_RESP_ERR__FAIL;
+        }
+        topic = (const char *)kc->topic.data;
+        if (!kafka_topic_valid(topic, kc->topic.len)) {
+            *detail = "the rendered topic is not a valid Kafka topic name";
+            return RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION;
+        }
+    }
+    switch (t->key_kind) {
+    case KAFKA_KEY_CLIENT_ID:
+        o->key = rec->client_id;
+        o->key_len = rec->client_id ? strlen(rec->client_id) : 0;
+        break;
+    case KAFKA_KEY_FIXED:
+        o->key = t->key_fixed;
+        o->key_len = t->key_fixed_len;
+        break;
+    case KAFKA_KEY_TEMPLATE:
+        if (kafka_render(&kc->key, t->key, &in) != 0) {
+            *detail = "out of memory";
+            return RD_KAFKA_RESP_ERR__FAIL;
+        }
+        o->key = kc->key.data;
+        o->key_len = kc->key.len;
+        break;
+    }
+    if (o->key_len == 0)
+        o->key = NULL; /* an empty rendering sends no key */
+    if ((o->rkt = kafka_topic_handle(kc, topic)) == NULL) {
+        *detail = "out of memory";
+        return RD_KAFKA_RESP_ERR__FAIL;
+    }
+    return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+/* One produce call. The value is NOT copied: librdkafka reads it in place
+ * until it is done with the record, which kafka_batch_wait makes sure of
+ * before export() returns (the engine keeps the records alive until then).
+ * Key and headers are copied. */
+static rd_kafka_resp_err_t kafka_produce_rec(struct kafka_conn *kc, const struct export_record *rec,
+                                             const struct kafka_out *o, size_t index)
+{
+    char num[24], ts[24];
+    const char *cid = rec->client_id ? rec->client_id : "";
+    void *value = (void *)(uintptr_t)rec->payload; /* read only, librdkafka's API is not const */
+    void *opaque = (void *)(uintptr_t)index;
+    ssize_t ts_len = (ssize_t)kafka_fmt_i64(ts, rec->time_ms);
+    if (rec->kind == RECORD_STATUS) {
+        const char *ev = rec->event_type ? rec->event_type : "";
+        ssize_t seq_len = (ssize_t)kafka_fmt_u64(num, rec->msg_id);
+        return rd_kafka_producev(
+            kc->rk, RD_KAFKA_V_RKT(o->rkt), RD_KAFKA_V_KEY(o->key, o->key_len),
+            RD_KAFKA_V_VALUE(value, rec->payload_len), RD_KAFKA_V_TIMESTAMP(rec->time_ms),
+            RD_KAFKA_V_HEADER("tag", ev, -1), RD_KAFKA_V_HEADER("eventType", ev, -1),
+            RD_KAFKA_V_HEADER("seq", num, seq_len), RD_KAFKA_V_HEADER("clientId", cid, -1),
+            RD_KAFKA_V_HEADER("timestamp", ts, ts_len), RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+    }
+    char qos[4];
+    ssize_t qos_len = (ssize_t)kafka_fmt_u64(qos, rec->qos);
+    kafka_fmt_hex16(num, rec->msg_id);
+    return rd_kafka_producev(
+        kc->rk, RD_KAFKA_V_RKT(o->rkt), RD_KAFKA_V_KEY(o->key, o->key_len),
+        RD_KAFKA_V_VALUE(value, rec->payload_len), RD_KAFKA_V_TIMESTAMP(rec->time_ms),
+        RD_KAFKA_V_HEADER("msgid", num, 16),
+        RD_KAFKA_V_HEADER("mqttTopic", rec->topic ? rec->topic : "", -1),
+        RD_KAFKA_V_HEADER("clientId", cid, -1), RD_KAFKA_V_HEADER("qos", qos, qos_len),
+        RD_KAFKA_V_HEADER("timestamp", ts, ts_len), RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+}
+
+/* Produces recs[i]. A full local queue is back-pressure: serve reports
+ * and try again until the deadline. Returns the error that stops the
+ * batch at i (NO_ERROR when produced); *detail names a local cause. */
 static rd_kafka_resp_err_t kafka_send(struct kafka_conn *kc, const struct export_record *rec,
                                       size_t i, int64_t deadline, const char **detail)
 {
     const struct kafka_target *t = rec->rule ? rec->rule->compiled : NULL;
-    struct template_input in;
+    struct kafka_out o;
     *detail = NULL;
     if (t == NULL || t->in != NULL || (rec->kind == RECORD_STATUS) != (t->type == RULE_STATUS)) {
         *detail = "the record does not match its rule's target";
         return RD_KAFKA_RESP_ERR__INVALID_ARG;
     }
-    kafka_input(rec, &in);
-    if (kafka_render(&kc->topic, t->topic, &in) != 0 || kafka_render(&kc->key, t->key, &in) != 0) {
-        *detail = "out of memory";
-        return RD_KAFKA_RESP_ERR__FAIL;
-    }
-    if (!kafka_topic_valid((const char *)kc->topic.data, kc->topic.len)) {
-        *detail = "the rendered topic is not a valid Kafka topic name";
-        return RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION;
-    }
+    rd_kafka_resp_err_t e = kafka_out_make(kc, t, rec, &o, detail);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return e;
     for (;;) {
-        rd_kafka_resp_err_t e = kafka_produce_rec(kc, rec, i);
+        e = kafka_produce_rec(kc, rec, &o, i);
         if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL)
             return e;
         if (kafka_now_ms() >= deadline)
@@ -820,35 +1050,59 @@ static int kafka_batch_begin(struct kafka_conn *kc, size_t n)
     }
     memset(kc->slots, 0, n * sizeof *kc->slots);
     kc->batch_n = n;
-    kc->outstanding = 0;
+    kc->batch_sent = n;
+    kc->batch_settled = false;
     return 0;
 }
 
-/* Serve reports until every produced record has one or the deadline is
- * past; then purge what is left (its reports say PURGE_*, i.e. retry) so
- * that no report of this batch can arrive during the next one. Flushing
- * (rather than polling) sends at once instead of waiting for linger.ms:
- * the whole batch is in the queue already. */
-static void kafka_batch_wait(struct kafka_conn *kc, int64_t deadline)
+/* Flushes (sends at once, ignoring linger.ms: the batch is complete) and
+ * serves reports until librdkafka holds no record any more or the deadline
+ * passes. true when it holds none. */
+static bool kafka_drain(struct kafka_conn *kc, int64_t deadline)
 {
     int64_t now;
-    while (kc->outstanding > 0 && (now = kafka_now_ms()) < deadline) {
-        int64_t left = deadline - now;
-        rd_kafka_flush(kc->rk, left < 100 ? (int)left : 100);
-    }
-    if (kc->outstanding == 0)
+    while (rd_kafka_outq_len(kc->rk) > 0 && (now = kafka_now_ms()) < deadline)
+        rd_kafka_flush(kc->rk, deadline - now < 100 ? (int)(deadline - now) : 100);
+    return rd_kafka_outq_len(kc->rk) == 0;
+}
+
+/* export() returns only once librdkafka holds no record of the batch: it
+ * reads their values in place, and no report of this batch may arrive
+ * during the next one. A record is done when its report has been served
+ * (rd_kafka_outq_len counts it until then); records left at the deadline
+ * are purged, their reports say PURGE_* (a retry), and are waited for.
+ * Sets batch_settled: every record produced is done, so one without a
+ * report was delivered (delivery.report.only.error reports failures
+ * only). If librdkafka still holds records after the purge (its contract
+ * rules that out), the producer is destroyed, which releases them; the
+ * records without a report then count as not delivered. */
+static void kafka_batch_wait(struct kafka_conn *kc, int64_t deadline)
+{
+    if (kafka_drain(kc, deadline)) {
+        kc->batch_settled = true;
         return;
-    rd_kafka_purge(kc->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-    deadline = kafka_now_ms() + KAFKA_PURGE_WAIT_MS;
-    while (kc->outstanding > 0 && kafka_now_ms() < deadline)
-        rd_kafka_poll(kc->rk, 50);
-    if (kc->outstanding > 0) { /* cannot happen by librdkafka's contract */
-        log_error("kafka '%s': %zu delivery reports missing after purge; recreating the producer",
-                  kc->name, kc->outstanding);
-        kc->batch_n = 0;
-        rd_kafka_destroy(kc->rk);
-        kc->rk = NULL;
     }
+    rd_kafka_purge(kc->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    if (kafka_drain(kc, kafka_now_ms() + KAFKA_PURGE_WAIT_MS)) {
+        kc->batch_settled = true;
+        return;
+    }
+    log_error("kafka '%s': %d records still held %d ms after a purge; recreating the producer",
+              kc->name, rd_kafka_outq_len(kc->rk), KAFKA_PURGE_WAIT_MS);
+    kc->batch_n = 0;
+    kafka_topics_drop(kc);
+    rd_kafka_destroy(kc->rk);
+    kc->rk = NULL;
+}
+
+/* Record i of the batch is in Kafka: its report said so, or it was
+ * produced and librdkafka is done with it without a failure report. */
+static bool kafka_delivered(const struct kafka_conn *kc, size_t i)
+{
+    const struct kafka_slot *s = &kc->slots[i];
+    if (s->reported)
+        return s->err == RD_KAFKA_RESP_ERR_NO_ERROR;
+    return kc->batch_settled && i < kc->batch_sent;
 }
 
 /* Leading records already delivered before a rejection (see skip_*). */
@@ -868,8 +1122,7 @@ static void kafka_skip_remember(struct kafka_conn *kc, struct export_record *con
                                 size_t bad)
 {
     size_t j = bad + 1;
-    while (j < n && kc->slots[j].reported && kc->slots[j].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
-           recs[j]->seqno > recs[j - 1]->seqno)
+    while (j < n && kafka_delivered(kc, j) && recs[j]->seqno > recs[j - 1]->seqno)
         j++;
     if (j > bad + 1) {
         kc->skip_valid = true;
@@ -879,20 +1132,21 @@ static void kafka_skip_remember(struct kafka_conn *kc, struct export_record *con
 }
 
 /* *acked = the delivered prefix; err describes the record after it. The
- * local failure (if any) happened at `local`, explained by detail. */
+ * local failure (if any) happened at batch_sent, explained by detail. */
 static int kafka_verdict(struct kafka_conn *kc, struct export_record *const *recs, size_t n,
-                         size_t *acked, size_t local, const char *detail, char *err, size_t errlen)
+                         size_t *acked, const char *detail, char *err, size_t errlen)
 {
     size_t a = 0;
-    while (a < n && kc->slots[a].reported && kc->slots[a].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+    while (a < n && kafka_delivered(kc, a))
         a++;
     *acked = a;
     if (a == n)
         return CONNECTOR_OK;
-    rd_kafka_resp_err_t e = kc->slots[a].reported ? kc->slots[a].err : RD_KAFKA_RESP_ERR__TIMED_OUT;
+    const struct kafka_slot *s = &kc->slots[a];
+    rd_kafka_resp_err_t e = s->reported ? s->err : RD_KAFKA_RESP_ERR__TIMED_OUT;
     const struct export_record *rec = recs[a];
-    if (a != local || detail == NULL)
-        detail = kc->slots[a].reported ? "" : "no delivery report in time";
+    if (a != kc->batch_sent || detail == NULL)
+        detail = s->reported ? "" : "no delivery report in time";
     snprintf(err, errlen, "kafka '%s': record %zu (rule '%s', client '%s'): %s%s%s", kc->name, a,
              rec->rule ? rec->rule->name : "?", rec->client_id ? rec->client_id : "",
              rd_kafka_err2str(e), *detail ? ": " : "", detail);
@@ -925,19 +1179,21 @@ static int kafka_export(struct connector *c, struct export_record *const *recs, 
         return CONNECTOR_RETRY;
     }
     int64_t deadline = kafka_now_ms() + kc->report_wait_ms;
-    size_t local = n;
     for (size_t i = kafka_skip_leading(kc, recs, n); i < n; i++) {
         rd_kafka_resp_err_t e = kafka_send(kc, recs[i], i, deadline, &detail);
         if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
             kc->slots[i].reported = true;
             kc->slots[i].err = e;
-            local = i;
+            kc->batch_sent = i;
             break;
         }
-        kc->outstanding++;
+        /* reports of records sent already (linger.ms passed): served
+         * now, so their memory is reused within the batch */
+        if (i % KAFKA_POLL_EVERY == KAFKA_POLL_EVERY - 1)
+            rd_kafka_poll(kc->rk, 0);
     }
     kafka_batch_wait(kc, deadline);
-    int rc = kafka_verdict(kc, recs, n, acked, local, detail, err, errlen);
+    int rc = kafka_verdict(kc, recs, n, acked, detail, err, errlen);
     kc->batch_n = 0;
     return rc;
 }

@@ -1,15 +1,20 @@
 /* The Kafka connector against a real broker (MQB_KAFKA_BROKERS, from
  * tests/services/start): settings and rule validation, messages and status
  * events read back with a librdkafka consumer (exact content, headers,
- * per-client order), REJECT of an oversized record, RETRY against a closed
- * port and during a hang of a private broker (SIGSTOP), recovery after it,
- * and a throughput measurement (printed, not asserted).
+ * per-client order), literal / templated / empty keys and more topics
+ * than the producer keeps handles for, REJECT of an oversized record,
+ * RETRY against a closed port and during a hang of a private broker
+ * (SIGSTOP), recovery after it, the private broker killed or frozen in
+ * the middle of a batch (RETRY, every acknowledged record in the topic,
+ * the values freed as soon as export() returns: ASan finds any later
+ * read), and a throughput measurement (printed, not asserted).
  *
  * The source (inbound rules), with records produced by a librdkafka
  * producer in the test: exact fields and per-key order, no refetch after
  * an ack, refetch without one (a crash), dead letters, an idle fetch, lag,
- * a rebalance between two members of a group, RETRY against a closed port
- * and while the private broker is stopped, recovery, and throughput.
+ * a rebalance between two members of a group, the takeover after a member
+ * is killed (session timeout; static membership), RETRY against a closed
+ * port and while the private broker is stopped, recovery, and throughput.
  *
  * Run: tests/services/run kafka -- build/test_kafka (from the repository
  * root: the hang test starts its own broker with tests/services/start). */
@@ -19,11 +24,14 @@
 #include <inttypes.h>
 #include <librdkafka/rdkafka.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -412,6 +420,23 @@ static const struct settings_case settings_cases[] = {
      {"group.id", "g", NULL},
      false,
      "conn.yaml:6:7: kafka option 'group.id': set `group` in the inbound rule's source"},
+    {"group.instance.id only through instance_id",
+     {NULL},
+     {"group.instance.id", "a", NULL},
+     false,
+     "conn.yaml:6:7: kafka option 'group.instance.id': set `instance_id` in the connector's "
+     "settings"},
+    {"instance_id accepted", {"instance_id", "edge-1.eu_west", NULL}, {NULL}, false, NULL},
+    {"instance_id with a space",
+     {"instance_id", "edge 1", NULL},
+     {NULL},
+     false,
+     "conn.yaml:4:5: instance_id: expected 1..128 of A-Z a-z 0-9 . _ -"},
+    {"instance_id empty",
+     {"instance_id", "", NULL},
+     {NULL},
+     false,
+     "conn.yaml:4:5: instance_id: expected 1..128"},
 };
 
 START_TEST(test_settings_validation)
@@ -456,6 +481,8 @@ static const struct rule_case rule_cases[] = {
     {"literal topic", RULE_OUTBOUND, {"topic", "sensor-telemetry", NULL}, NULL},
     {"templated topic and key", RULE_OUTBOUND, {"topic", "iot-${group}", "key", "${device}"}, NULL},
     {"status", RULE_STATUS, {"topic", "device-status", NULL}, NULL},
+    {"literal key", RULE_OUTBOUND, {"topic", "t", "key", "fleet-1"}, NULL},
+    {"empty key (no key)", RULE_OUTBOUND, {"topic", "t", "key", ""}, NULL},
     {"unknown key",
      RULE_OUTBOUND,
      {"topic", "t", "partition", "1"},
@@ -712,6 +739,107 @@ START_TEST(test_status_events)
     free(g);
     ops->close(c);
     rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
+/* Records (and their number) in topic, summed over its partitions, with
+ * the handle rk. */
+static int64_t topic_count(rd_kafka_t *rk, const char *topic)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
+    ck_assert_int_eq(rd_kafka_metadata(rk, 0, t, &md, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    int parts = md->topics[0].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(t);
+    int64_t total = 0;
+    for (int p = 0; p < parts; p++) {
+        int64_t lo = 0, hi = 0;
+        ck_assert_int_eq(rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 10000),
+                         RD_KAFKA_RESP_ERR_NO_ERROR);
+        total += hi - lo;
+    }
+    return total;
+}
+
+/* Every record of g[0..n) is one of batch b (by msgid) of rule r, with its
+ * value; its key is `key`, or with key NULL the record's client ID. */
+static void check_target(const struct got *g, size_t n, const struct batch *b, uint64_t base,
+                         const struct rule *r, const char *key)
+{
+    for (size_t k = 0; k < n; k++) {
+        uint64_t id = strtoull(g[k].msgid, NULL, 16);
+        ck_assert(id >= base && id < base + b->n);
+        const struct export_record *x = &b->recs[id - base];
+        ck_assert_msg(x->rule == r, "record %" PRIu64 " in the topic of another rule", id);
+        ck_assert_str_eq(g[k].key, key ? key : x->client_id);
+        ck_assert_uint_eq(g[k].value_len, x->payload_len);
+        ck_assert_mem_eq(g[k].value, x->payload, x->payload_len);
+    }
+}
+
+/* One batch, four rules: a literal key; a templated topic and key; an
+ * empty key (none is sent); a topic per device, 18 of them, more than the
+ * producer keeps topic handles (16), so handles are replaced mid-batch.
+ * Every record is in its topic under its key, the counts are exact. */
+START_TEST(test_export_targets)
+{
+    enum { DEVS = 18, PER_RULE = 2 * DEVS };
+    char base[96], t1[128], t2[128], t3[128], t4[128], name[160], key[32], err[512];
+    size_t acked, n;
+    unique_name(base, sizeof base, "tgt");
+    snprintf(t1, sizeof t1, "%s-fixed", base);
+    snprintf(t2, sizeof t2, "%s-${group}", base);
+    snprintf(t3, sizeof t3, "%s-nokey", base);
+    snprintf(t4, sizeof t4, "%s-${device}", base);
+    struct connector *c = conn_make(env_brokers(), NULL, NULL);
+    struct rule *r[4] = {
+        rule_make(c, RULE_OUTBOUND, (const char *[]){"topic", t1, "key", "fleet-1", NULL}),
+        rule_make(c, RULE_OUTBOUND, (const char *[]){"topic", t2, "key", "k-${device}", NULL}),
+        rule_make(c, RULE_OUTBOUND, (const char *[]){"topic", t3, "key", "", NULL}),
+        rule_make(c, RULE_OUTBOUND, (const char *[]){"topic", t4, NULL}),
+    };
+    conn_open(c);
+    struct batch b;
+    batch_messages(&b, 4 * PER_RULE, r[0], DEVS, 500); /* record i: client dev<i % 18> */
+    for (size_t i = 0; i < b.n; i++)
+        b.recs[i].rule = r[(i / DEVS) % 4]; /* runs of 18 records per rule */
+    ck_assert_int_eq(export_batch(c, b.ptrs, b.n, &acked, err, sizeof err), CONNECTOR_OK);
+    ck_assert_uint_eq(acked, b.n);
+
+    struct got *g = topic_read(t1, &n);
+    ck_assert_uint_eq(n, PER_RULE);
+    check_target(g, n, &b, 500, r[0], "fleet-1");
+    free(g);
+    snprintf(name, sizeof name, "%s-GID_t", base);
+    g = topic_read(name, &n);
+    ck_assert_uint_eq(n, PER_RULE);
+    for (size_t k = 0; k < n; k++) {
+        snprintf(key, sizeof key, "k-%s", strstr(g[k].cid, "@@@") + 3);
+        check_target(&g[k], 1, &b, 500, r[1], key);
+    }
+    free(g);
+    g = topic_read(t3, &n);
+    ck_assert_uint_eq(n, PER_RULE);
+    check_target(g, n, &b, 500, r[2], "");
+    free(g);
+    snprintf(name, sizeof name, "%s-dev17", base);
+    g = topic_read(name, &n);
+    ck_assert_uint_eq(n, 2);
+    check_target(g, n, &b, 500, r[3], NULL);
+    ck_assert_str_eq(g[0].cid, "GID_t@@@dev17");
+    free(g);
+    rd_kafka_t *rk = consumer_new(env_brokers());
+    for (int d = 0; d < DEVS; d++) {
+        snprintf(name, sizeof name, "%s-dev%d", base, d);
+        ck_assert_msg(topic_count(rk, name) == 2, "topic %s", name);
+    }
+    rd_kafka_destroy(rk);
+    batch_free(&b);
+    ops->close(c);
+    for (int i = 0; i < 4; i++)
+        rule_free(c, r[i]);
     ops->destroy(c);
 }
 END_TEST
@@ -1391,6 +1519,91 @@ END_TEST
 
 /* ---- source: throughput -------------------------------------------------------- */
 
+/* A connector whose consumers are static members (instance_id), or
+ * dynamic ones with id NULL. */
+static struct connector *conn_make_member(const char *brokers, const char *id)
+{
+    char err[512] = "";
+    struct connector *c = NULL;
+    struct kvmap *s = settings_make(brokers, NULL, "2000");
+    if (id != NULL)
+        map_put(s, "instance_id", id, 4, 5);
+    ck_assert_msg(ops->create("k", s, &c, err, sizeof err) == 0, "create: %s", err);
+    kvmap_free(s);
+    return c;
+}
+
+/* The process of a source that fetched dies (SIGKILL) without leaving its
+ * group and without an ack. A new consumer in the same group gets the
+ * partitions and the unacknowledged records again: once the session of
+ * the dead one timed out (10 s by default; librdkafka's own default, 45 s,
+ * would fail the bound), or at once with static membership (the same
+ * instance_id takes over the assignment of its predecessor). */
+static const char *const takeover_ids[] = {NULL, "mqb-test-static"};
+
+START_TEST(test_source_takeover)
+{
+    enum { N = 10 };
+    const char *brokers = env_brokers();
+    char topic[96], group[112], idbuf[96], *id = NULL;
+    struct import_record *recs[N];
+    unique_name(topic, sizeof topic, _i ? "take-static" : "take-dynamic");
+    snprintf(group, sizeof group, "%s-group", topic);
+    if (takeover_ids[_i] != NULL) {
+        snprintf(idbuf, sizeof idbuf, "%s-%ld", takeover_ids[_i], (long)getpid());
+        id = idbuf;
+    }
+    const char *pairs[] = {"topic", topic, "group", group, NULL};
+    struct src_msg *msgs = msgs_make(N, 2);
+    produce_msgs(brokers, topic, msgs, N); /* before the fork: no librdkafka thread is copied */
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t child = fork();
+    ck_assert_int_ge(child, 0);
+    if (child == 0) { /* the first mqbridge: fetches, says so, waits to be killed */
+        close(fds[0]);
+        struct connector *c = conn_make_member(brokers, id);
+        struct source *s = src_open(c, inbound_make(c, pairs));
+        char ok = fetch_upto(s, recs, N, 60) == N ? 'y' : 'n';
+        if (write(fds[1], &ok, 1) != 1)
+            _exit(1);
+        for (;;)
+            pause();
+    }
+    close(fds[1]);
+    struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+    char ok = 'n';
+    bool told = poll(&pfd, 1, 90000) == 1 && read(fds[0], &ok, 1) == 1;
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    close(fds[0]);
+    ck_assert_msg(told && ok == 'y', "the first consumer did not fetch the %d records", N);
+
+    double t0 = now_s();
+    struct connector *c = conn_make_member(brokers, id);
+    struct rule *r = inbound_make(c, pairs);
+    struct source *s = src_open(c, r);
+    size_t got = fetch_upto(s, recs, N, 60);
+    double took = now_s() - t0;
+    ck_assert_uint_eq(got, N);
+    for (size_t i = 0; i < N; i++)
+        msg_of(msgs, N, recs[i]);
+    printf("kafka source: %s member killed -> its records go to the next one after %.1f s\n",
+           id ? "static" : "dynamic", took);
+    if (id != NULL)
+        ck_assert_msg(took < 5.0, "static member: took over after %.1f s", took);
+    else
+        ck_assert_msg(took < 20.0, "dynamic member: took over after %.1f s", took);
+    char err[512];
+    ck_assert_int_eq(ack_all(s, recs, N, err, sizeof err), CONNECTOR_OK);
+    recs_free(recs, N);
+    ops->source_close(s);
+    free(msgs);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+END_TEST
+
 START_TEST(test_source_throughput)
 {
     enum { N = 100000, BATCH = 1000 };
@@ -1435,11 +1648,24 @@ END_TEST
 static char private_dir[256], private_brokers[128];
 static pid_t private_pid;
 
+/* The private broker's process (a new one after each start). */
+static void private_pid_read(void)
+{
+    char pidfile[320];
+    snprintf(pidfile, sizeof pidfile, "%s/kafka/kafka.pid", private_dir);
+    FILE *f = fopen(pidfile, "r");
+    long pid = 0;
+    if (f != NULL && fscanf(f, "%ld", &pid) == 1)
+        private_pid = (pid_t)pid;
+    if (f != NULL)
+        fclose(f);
+}
+
 /* tests/services/start kafka (from the repository root) in the parent
  * process, so that teardown runs even when the test fails. */
 static void private_start(void)
 {
-    char line[512], pidfile[320];
+    char line[512];
     FILE *p = popen("tests/services/start kafka", "r");
     if (p == NULL)
         return;
@@ -1452,13 +1678,7 @@ static void private_start(void)
     }
     if (pclose(p) != 0)
         private_brokers[0] = '\0';
-    snprintf(pidfile, sizeof pidfile, "%s/kafka/kafka.pid", private_dir);
-    FILE *f = fopen(pidfile, "r");
-    long pid = 0;
-    if (f != NULL && fscanf(f, "%ld", &pid) == 1)
-        private_pid = (pid_t)pid;
-    if (f != NULL)
-        fclose(f);
+    private_pid_read();
 }
 
 static void private_stop(void)
@@ -1533,6 +1753,7 @@ static void private_ctl(const char *verb)
     char cmd[400];
     snprintf(cmd, sizeof cmd, "tests/services/ctl '%s' %s kafka >/dev/null", private_dir, verb);
     ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+    private_pid_read(); /* a start makes a new process */
 }
 
 /* The private broker stops while a fetched batch waits for its ack: the
@@ -1595,6 +1816,172 @@ START_TEST(test_source_broker_restart)
 }
 END_TEST
 
+/* Sends `sig` to the private broker as soon as its topic holds more than
+ * `before` records, i.e. in the middle of the batch being exported. */
+struct killer {
+    const char *topic;
+    int64_t before;
+    int sig;
+    rd_kafka_t *rk; /* for the watermark queries */
+    int64_t seen;   /* records in the topic when it fired; -1: never */
+};
+
+static void *killer_run(void *arg)
+{
+    struct killer *k = arg;
+    k->seen = -1;
+    for (double deadline = now_s() + 60; now_s() < deadline;) {
+        int64_t n = topic_count(k->rk, k->topic);
+        if (n > k->before) {
+            kill(private_pid, k->sig);
+            k->seen = n;
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* Marks seen[id - base] for every record of topic whose msgid header is
+ * in [base, base + n); returns the number of records read. */
+static int64_t topic_msgids(const char *brokers, const char *topic, bool *seen, uint64_t base,
+                            size_t n)
+{
+    rd_kafka_t *rk = consumer_new(brokers);
+    int64_t total = consumer_assign(rk, topic), got = 0;
+    for (double deadline = now_s() + 60; got < total && now_s() < deadline;) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+        if (m == NULL)
+            continue;
+        ck_assert_msg(m->err == RD_KAFKA_RESP_ERR_NO_ERROR, "consume: %s",
+                      rd_kafka_message_errstr(m));
+        rd_kafka_headers_t *h = NULL;
+        char id[24];
+        rd_kafka_message_headers(m, &h);
+        header_copy(h, "msgid", id, sizeof id);
+        uint64_t v = strtoull(id, NULL, 16);
+        if (v >= base && v - base < n)
+            seen[v - base] = true;
+        got++;
+        rd_kafka_message_destroy(m);
+    }
+    ck_assert_msg(got == total, "read %" PRId64 " of %" PRId64 " records of %s", got, total, topic);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    return got;
+}
+
+/* The broker dies (SIGKILL, then restarted) or freezes (SIGSTOP, then
+ * SIGCONT) while a batch of 40,000 is on its way. export() says RETRY
+ * with acked < n, and every acknowledged record is in the topic once the
+ * broker is back (the acked prefix is exact: nothing acknowledged is
+ * missing). The values are not copied by the producer (half of them are
+ * even sent from the records' memory, being larger than
+ * message.copy.max.bytes): they are freed as soon as export() returns,
+ * then the broker comes back and the producer goes on (reconnects, sends
+ * the rest of a request cut short by the freeze, takes new records)
+ * without touching them, which ASan would report. */
+static const int broker_fates[] = {SIGKILL, SIGSTOP};
+
+START_TEST(test_export_broker_killed)
+{
+    enum { WARM = 10, N = 40000 };
+    const int fate = broker_fates[_i];
+    char topic[128], err[512];
+    size_t acked;
+    ck_assert_msg(private_brokers[0] != '\0' && private_pid > 0,
+                  "no private Kafka (see test_hang_and_recovery)");
+    private_pid_read();         /* an earlier test (in its own process) may have restarted it */
+    kill(private_pid, SIGCONT); /* in case an earlier test failed while it was frozen */
+    unique_name(topic, sizeof topic, "killed");
+    const char *opts[] = {"message.timeout.ms", "3000", "message.copy.max.bytes", "500", NULL};
+    struct connector *c = conn_make(private_brokers, opts, "2000");
+    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"topic", topic, NULL});
+    conn_open(c);
+    struct batch b;
+    batch_messages(&b, WARM + N + 5, r, 4, 1); /* msg ids 1.. */
+    double ready = now_s() + 60;
+    int rc;
+    while ((rc = export_batch(c, b.ptrs, WARM, &acked, err, sizeof err)) == CONNECTOR_RETRY &&
+           now_s() < ready) {
+        ops->close(c);
+        conn_open(c);
+    }
+    ck_assert_msg(rc == CONNECTOR_OK, "warm-up export: %s", err);
+    uint8_t **values = calloc(N + 5, sizeof *values);
+    ck_assert_ptr_nonnull(values);
+    for (size_t i = 0; i < N + 5; i++) {
+        uint32_t len = i % 2 ? 300 : 1000; /* copied / sent in place */
+        ck_assert_ptr_nonnull(values[i] = malloc(len));
+        memset(values[i], 'a' + (int)(i % 26), len);
+        b.recs[WARM + i].payload = values[i];
+        b.recs[WARM + i].payload_len = len;
+    }
+
+    struct killer k = {
+        .topic = topic, .before = WARM, .sig = fate, .rk = consumer_new(private_brokers)};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, killer_run, &k), 0);
+    double t0 = now_s();
+    rc = export_batch(c, b.ptrs + WARM, N, &acked, err, sizeof err);
+    double took = now_s() - t0;
+    size_t prefix = acked;
+    pthread_join(th, NULL);
+    rd_kafka_destroy(k.rk);
+    for (size_t i = 0; i < N; i++) { /* the engine frees the records after export() */
+        free(values[i]);
+        values[i] = NULL;
+    }
+    ck_assert_msg(k.seen >= 0, "no record of the batch reached the topic within 60 s");
+    ck_assert_msg(rc == CONNECTOR_RETRY,
+                  "export: rc %d, acked %zu of %d: %s (the broker was killed after %" PRId64
+                  " records were in)",
+                  rc, prefix, N, err, k.seen);
+    ck_assert_uint_lt(prefix, N);
+    printf("kafka: broker %s with %" PRId64 " records in the topic -> RETRY after %.1f s, "
+           "acked %zu of %d: %s\n",
+           fate == SIGKILL ? "killed" : "frozen", k.seen, took, prefix, N, err);
+
+    /* Back: the same producer reconnects (or, if it had to be recreated,
+     * a new one) and takes new records. */
+    if (fate == SIGKILL)
+        private_ctl("start");
+    else
+        ck_assert_int_eq(kill(private_pid, SIGCONT), 0);
+    double deadline = now_s() + 90;
+    while ((rc = export_batch(c, b.ptrs + WARM + N, 5, &acked, err, sizeof err)) != CONNECTOR_OK &&
+           now_s() < deadline)
+        if (strstr(err, "not connected") != NULL || strstr(err, "producer failed") != NULL)
+            ops->open(c, err, sizeof err);
+    ck_assert_msg(rc == CONNECTOR_OK, "export after the restart: %s", err);
+    ck_assert_uint_eq(acked, 5);
+
+    /* Everything acknowledged is there: the warm-up, the batch's acked
+     * prefix, the last 5. Records after the prefix may be there too (at
+     * least once: they were in flight when the broker died). */
+    bool *seen = calloc(WARM + N + 5, sizeof *seen);
+    ck_assert_ptr_nonnull(seen);
+    int64_t total = topic_msgids(private_brokers, topic, seen, 1, WARM + N + 5);
+    size_t beyond = 0;
+    for (size_t i = 0; i < WARM + N + 5; i++) {
+        bool acknowledged = i < WARM + prefix || i >= WARM + N;
+        ck_assert_msg(!acknowledged || seen[i],
+                      "record %zu was acknowledged but is not in the topic", i);
+        beyond += !acknowledged && seen[i];
+    }
+    printf("kafka: broker back, the topic holds %" PRId64 " records; of the batch: the acked "
+           "%zu and %zu after them\n",
+           total, prefix, beyond);
+    free(seen);
+    for (size_t i = N; i < N + 5; i++)
+        free(values[i]);
+    free(values);
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+    batch_free(&b);
+}
+END_TEST
+
 /* ---- throughput ------------------------------------------------------------ */
 
 START_TEST(test_throughput)
@@ -1652,6 +2039,7 @@ static Suite *kafka_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_messages_read_back);
     tcase_add_test(tc, test_status_events);
+    tcase_add_test(tc, test_export_targets);
     tcase_add_test(tc, test_reject_too_large);
     tcase_add_test(tc, test_retry_unreachable);
     tcase_add_test(tc, test_throughput);
@@ -1661,6 +2049,8 @@ static Suite *kafka_suite(void)
     tcase_add_unchecked_fixture(tc, private_start, private_stop);
     tcase_add_test(tc, test_hang_and_recovery);
     tcase_add_test(tc, test_source_broker_restart);
+    tcase_add_loop_test(tc, test_export_broker_killed, 0,
+                        sizeof broker_fates / sizeof broker_fates[0]);
     suite_add_tcase(s, tc);
     tc = tcase_create("source");
     tcase_set_timeout(tc, 180);
@@ -1673,6 +2063,7 @@ static Suite *kafka_suite(void)
     tcase_add_loop_test(tc, test_source_rebalance, 0, sizeof strategies / sizeof strategies[0]);
     tcase_add_test(tc, test_source_unreachable);
     tcase_add_test(tc, test_source_missing_topic);
+    tcase_add_loop_test(tc, test_source_takeover, 0, sizeof takeover_ids / sizeof takeover_ids[0]);
     tcase_add_test(tc, test_source_throughput);
     suite_add_tcase(s, tc);
     return s;
