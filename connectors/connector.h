@@ -24,6 +24,7 @@
 
 #include "../common/kv.h"
 #include "../rules/rules.h"
+#include "../rules/template.h"
 
 enum record_kind { RECORD_MESSAGE = 1, RECORD_STATUS = 2 };
 
@@ -51,6 +52,12 @@ struct export_record {
     uint8_t outcome;
     bool spooled;
 };
+
+/* What rec's templates (topic, key, column values) render from: its client
+ * ID, topic, QoS, message id, time and payload, pointing into rec (valid
+ * while rec is). A NULL client ID or topic (status events have no topic)
+ * stays NULL, which template_render renders as empty. */
+struct template_input export_record_input(const struct export_record *rec);
 
 enum connector_rc {
     CONNECTOR_OK = 0,

@@ -1018,15 +1018,7 @@ static int pg_row_template(struct connector *c, const struct pg_column *col,
                            const struct export_record *rec, struct pg_row *row, int k, char *err,
                            size_t errlen)
 {
-    struct template_input in = {
-        .client_id = rec->client_id,
-        .topic = rec->topic,
-        .qos = rec->qos,
-        .msg_id = rec->msg_id,
-        .time_ms = rec->time_ms,
-        .payload = rec->payload,
-        .payload_len = rec->payload_len,
-    };
+    const struct template_input in = export_record_input(rec);
     size_t start = c->values.len;
     if (template_render(col->tpl, &in, &c->values) < 0)
         return pg_fail(err, errlen, "out of memory");
@@ -1361,15 +1353,7 @@ static int pg_copy_text(const struct pg_column *col, const struct export_record 
         if (col->payload) /* "${payload}" renders the bytes as they are */
             return buf_append(out, rec->payload, rec->payload_len);
         {
-            struct template_input in = {
-                .client_id = rec->client_id,
-                .topic = rec->topic,
-                .qos = rec->qos,
-                .msg_id = rec->msg_id,
-                .time_ms = rec->time_ms,
-                .payload = rec->payload,
-                .payload_len = rec->payload_len,
-            };
+            const struct template_input in = export_record_input(rec);
             return template_render(col->tpl, &in, out);
         }
     case SRC_TIME:

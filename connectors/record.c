@@ -1,4 +1,6 @@
-/* import_record: one allocation holding the record and its copies. */
+/* Records: import_record_new() makes an import_record in one allocation
+ * with copies of its strings; export_record_input() is what templates see
+ * of an export_record. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,4 +41,17 @@ struct import_record *import_record_new(const char *id, const char *sub_topic, c
 void import_record_free(struct import_record *rec)
 {
     free(rec);
+}
+
+struct template_input export_record_input(const struct export_record *rec)
+{
+    return (struct template_input){
+        .client_id = rec->client_id,
+        .topic = rec->topic,
+        .qos = rec->qos,
+        .msg_id = rec->msg_id,
+        .time_ms = rec->time_ms,
+        .payload = rec->payload,
+        .payload_len = rec->payload_len,
+    };
 }

@@ -823,15 +823,7 @@ static const char *redis_s(const char *s)
 
 static int redis_render(struct buf *b, const struct template *t, const struct export_record *rec)
 {
-    const struct template_input in = {
-        .client_id = rec->client_id ? rec->client_id : "",
-        .topic = rec->topic ? rec->topic : "",
-        .qos = rec->qos,
-        .msg_id = rec->msg_id,
-        .time_ms = rec->time_ms,
-        .payload = rec->payload,
-        .payload_len = rec->payload_len,
-    };
+    const struct template_input in = export_record_input(rec);
     buf_reset(b);
     return template_render(t, &in, b);
 }

@@ -776,16 +776,7 @@ static int sq_render_group(struct connector *c, const struct sq_target *t,
 {
     buf_reset(&c->value);
     for (size_t r = 0; r < n; r++) {
-        const struct export_record *rec = recs[r];
-        struct template_input in = {
-            .client_id = rec->client_id,
-            .topic = rec->topic,
-            .qos = rec->qos,
-            .msg_id = rec->msg_id,
-            .time_ms = rec->time_ms,
-            .payload = rec->payload,
-            .payload_len = rec->payload_len,
-        };
+        const struct template_input in = export_record_input(recs[r]);
         for (unsigned i = 0; i < t->ncols; i++) {
             if (t->cols[i].src != SRC_TEMPLATE)
                 continue;

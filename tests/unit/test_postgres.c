@@ -86,14 +86,20 @@ static PGresult *db_query(PGconn *db, const char *sql, int n, const char *const 
     return res;
 }
 
+/* The number in the first column of the first row of sql. */
+static long long db_number(PGconn *db, const char *sql, int n, const char *const *params)
+{
+    PGresult *res = db_query(db, sql, n, params);
+    long long v = atoll(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return v;
+}
+
 static long long db_count(PGconn *db, const char *table)
 {
     char sql[256];
     snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", table);
-    PGresult *res = db_query(db, sql, 0, NULL);
-    long long n = atoll(PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return n;
+    return db_number(db, sql, 0, NULL);
 }
 
 /* Drop every table and schema of this run (tests that failed leave some). */
@@ -227,6 +233,15 @@ static void rule_free(struct connector *c, struct rule *r)
     free(r);
 }
 
+/* The end of a test: its rule and connector freed, the tables and schemas
+ * of this run dropped. */
+static void sink_done(struct connector *c, struct rule *r)
+{
+    rule_free(c, r);
+    ops->destroy(c);
+    drop_all();
+}
+
 /* ---- Records ---------------------------------------------------------------------- */
 
 struct msg {
@@ -282,13 +297,30 @@ static const char *export_expect(struct connector *c, struct export_record *cons
     return err;
 }
 
-static const char *export_msgs(struct connector *c, struct msg *m, size_t n, int want_rc,
-                               size_t want_acked)
+/* Messages 0..n-1 of rule r, in a new array. */
+static struct msg *msgs_new(const struct rule *r, size_t n)
+{
+    struct msg *m = calloc(n ? n : 1, sizeof *m);
+    ck_assert_ptr_nonnull(m);
+    for (size_t i = 0; i < n; i++)
+        msg_make(&m[i], r, (unsigned)i);
+    return m;
+}
+
+/* The records of m[0..n), as export() takes them, in a new array. */
+static struct export_record **recs_of(struct msg *m, size_t n)
 {
     struct export_record **recs = calloc(n ? n : 1, sizeof *recs);
     ck_assert_ptr_nonnull(recs);
     for (size_t i = 0; i < n; i++)
         recs[i] = &m[i].rec;
+    return recs;
+}
+
+static const char *export_msgs(struct connector *c, struct msg *m, size_t n, int want_rc,
+                               size_t want_acked)
+{
+    struct export_record **recs = recs_of(m, n);
     const char *err = export_expect(c, recs, n, want_rc, want_acked);
     free(recs);
     return err;
@@ -326,6 +358,56 @@ static void check_messages(PGconn *db, const char *table, const struct msg *m, s
         ck_assert_str_eq(PQgetvalue(res, (int)i, 5), ms);
     }
     PQclear(res);
+}
+
+/* The one row sql (with text parameters) returns holds want[0..n), as
+ * text; `row` names it in the failure message. */
+static void check_row(PGconn *db, const char *sql, int nparams, const char *const *params,
+                      const char *row, const char *const *want, int n)
+{
+    PGresult *res = db_query(db, sql, nparams, params);
+    ck_assert_int_eq(PQntuples(res), 1);
+    ck_assert_int_eq(PQnfields(res), n);
+    for (int k = 0; k < n; k++)
+        ck_assert_msg(!strcmp(PQgetvalue(res, 0, k), want[k]), "%s: %s is '%s', want '%s'", row,
+                      PQfname(res, k), PQgetvalue(res, 0, k), want[k]);
+    PQclear(res);
+}
+
+/* The columns of the default schema (what create_table makes). */
+#define DEFAULT_COLUMNS \
+    "msg_id TEXT PRIMARY KEY, topic TEXT NOT NULL, client_id TEXT NOT NULL, qos SMALLINT NOT " \
+    "NULL, payload BYTEA NOT NULL, ts TIMESTAMPTZ NOT NULL"
+
+/* An owner's table: a new table of this run made with the column
+ * definitions `columns`, the test's connection, a connector open on the
+ * server and an outbound rule into the table with the custom columns
+ * `cols` (NULL: the default mapping). */
+struct owner_table {
+    char name[64];
+    PGconn *db;
+    struct connector *c;
+    struct rule *r;
+};
+
+static void owner_table_open(struct owner_table *t, const char *what, const char *columns,
+                             const struct item *cols)
+{
+    char sql[1024];
+    unique_name(t->name, sizeof t->name, what);
+    t->db = db_connect();
+    snprintf(sql, sizeof sql, "CREATE TABLE %s (%s)", t->name, columns);
+    db_exec(t->db, sql);
+    t->c = sink_open();
+    struct item items[] = {{"table", t->name}, {NULL, NULL}};
+    t->r = rule_ok(t->c, RULE_OUTBOUND, items, cols);
+}
+
+/* Frees what owner_table_open made and drops the tables of this run. */
+static void owner_table_close(struct owner_table *t)
+{
+    PQfinish(t->db);
+    sink_done(t->c, t->r);
 }
 
 /* ---- Validation (no server needed) ----------------------------------------------------- */
@@ -525,10 +607,7 @@ START_TEST(test_messages_exact_and_idempotent)
     struct connector *c = sink_open();
     struct item items[] = {{"table", table}, {"create_table", "true"}, {NULL, NULL}};
     struct rule *r = rule_ok(c, RULE_OUTBOUND, items, NULL);
-    struct msg *m = calloc(N, sizeof *m);
-    ck_assert_ptr_nonnull(m);
-    for (unsigned i = 0; i < N; i++)
-        msg_make(&m[i], r, i);
+    struct msg *m = msgs_new(r, N);
     m[7].rec.payload_len = 0; /* an empty payload is a row too */
 
     export_msgs(c, m, 20, CONNECTOR_OK, 20);
@@ -558,9 +637,7 @@ START_TEST(test_messages_exact_and_idempotent)
 
     PQfinish(db);
     free(m);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -568,26 +645,21 @@ END_TEST
 START_TEST(test_export_order)
 {
     enum { N = 30 };
-    char table[64], sql[512];
-    unique_name(table, sizeof table, "order");
-    PGconn *db = db_connect();
-    snprintf(sql, sizeof sql,
-             "CREATE TABLE %s (ord BIGSERIAL, msg_id TEXT PRIMARY KEY, topic TEXT, "
-             "client_id TEXT, qos INTEGER, payload BYTEA, ts TIMESTAMPTZ)",
-             table);
-    db_exec(db, sql);
-    struct connector *c = sink_open();
-    struct item items[] = {{"table", table}, {NULL, NULL}};
-    struct rule *r = rule_ok(c, RULE_OUTBOUND, items, NULL);
+    char sql[512];
+    struct owner_table t;
+    owner_table_open(&t, "order",
+                     "ord BIGSERIAL, msg_id TEXT PRIMARY KEY, topic TEXT, client_id TEXT, "
+                     "qos INTEGER, payload BYTEA, ts TIMESTAMPTZ",
+                     NULL);
     struct msg m[N];
     for (unsigned i = 0; i < N; i++) {
-        msg_make(&m[i], r, i);
+        msg_make(&m[i], t.r, i);
         m[i].rec.msg_id = 0xfff00000ull - i * 7; /* ids fall while the order rises */
     }
-    export_msgs(c, m, 10, CONNECTOR_OK, 10);
-    export_msgs(c, m + 10, N - 10, CONNECTOR_OK, N - 10);
-    snprintf(sql, sizeof sql, "SELECT msg_id, client_id FROM %s ORDER BY ord", table);
-    PGresult *res = db_query(db, sql, 0, NULL);
+    export_msgs(t.c, m, 10, CONNECTOR_OK, 10);
+    export_msgs(t.c, m + 10, N - 10, CONNECTOR_OK, N - 10);
+    snprintf(sql, sizeof sql, "SELECT msg_id, client_id FROM %s ORDER BY ord", t.name);
+    PGresult *res = db_query(t.db, sql, 0, NULL);
     ck_assert_int_eq(PQntuples(res), N);
     for (int i = 0; i < N; i++) {
         char hex[17];
@@ -596,10 +668,7 @@ START_TEST(test_export_order)
         ck_assert_str_eq(PQgetvalue(res, i, 1), m[i].client);
     }
     PQclear(res);
-    PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    owner_table_close(&t);
 }
 END_TEST
 
@@ -607,16 +676,7 @@ END_TEST
  * and as text into jsonb; the others as text, typed by the server. */
 START_TEST(test_custom_columns)
 {
-    char table[64], sql[512];
-    unique_name(table, sizeof table, "custom");
-    PGconn *db = db_connect();
-    snprintf(sql, sizeof sql,
-             "CREATE TABLE %s (msg_id TEXT PRIMARY KEY, device TEXT, temp INTEGER, raw BYTEA, "
-             "body JSONB, note TEXT, at BIGINT)",
-             table);
-    db_exec(db, sql);
-    struct connector *c = sink_open();
-    struct item items[] = {{"table", table}, {NULL, NULL}};
+    char sql[512];
     struct item cols[] = {
         {"device", "${device}"},
         {"temp", "${payload.temp}"},
@@ -626,7 +686,11 @@ START_TEST(test_custom_columns)
         {"at", "${timestamp}"},
         {NULL, NULL},
     };
-    struct rule *r = rule_ok(c, RULE_OUTBOUND, items, cols);
+    struct owner_table t;
+    owner_table_open(&t, "custom",
+                     "msg_id TEXT PRIMARY KEY, device TEXT, temp INTEGER, raw BYTEA, body JSONB, "
+                     "note TEXT, at BIGINT",
+                     cols);
     static const char *const json[] = {
         "{\"temp\": 21, \"unit\": \"C\"}",
         "{\"temp\": -4}",
@@ -634,16 +698,16 @@ START_TEST(test_custom_columns)
     };
     struct msg m[3];
     for (unsigned i = 0; i < 3; i++) {
-        msg_make(&m[i], r, i);
+        msg_make(&m[i], t.r, i);
         msg_json(&m[i], json[i]);
     }
-    export_msgs(c, m, 3, CONNECTOR_OK, 3);
-    export_msgs(c, m, 3, CONNECTOR_OK, 3);
+    export_msgs(t.c, m, 3, CONNECTOR_OK, 3);
+    export_msgs(t.c, m, 3, CONNECTOR_OK, 3);
 
     snprintf(sql, sizeof sql,
-             "SELECT device, temp, encode(raw, 'hex'), body = $1::jsonb, note, at, msg_id "
+             "SELECT device, temp, encode(raw, 'hex'), body = $1::jsonb, note, at "
              "FROM %s WHERE msg_id = $2",
-             table);
+             t.name);
     static const struct {
         const char *device, *temp, *note, *at;
     } want[] = {
@@ -651,26 +715,16 @@ START_TEST(test_custom_columns)
         {"dev2", "-4", "GID_a|SensorData/1|1", "1700000000001"},
         {"x-9", "0", "GID_b|SensorData/2|2", "1700000000002"},
     };
-    ck_assert_int_eq(db_count(db, table), 3);
+    ck_assert_int_eq(db_count(t.db, t.name), 3);
     for (unsigned i = 0; i < 3; i++) {
         char hex[17], phex[260];
         snprintf(hex, sizeof hex, "%016" PRIx64, m[i].rec.msg_id);
         hex_of(m[i].payload, m[i].rec.payload_len, phex);
         const char *params[2] = {json[i], hex};
-        PGresult *res = db_query(db, sql, 2, params);
-        ck_assert_int_eq(PQntuples(res), 1);
-        ck_assert_str_eq(PQgetvalue(res, 0, 0), want[i].device);
-        ck_assert_str_eq(PQgetvalue(res, 0, 1), want[i].temp);
-        ck_assert_str_eq(PQgetvalue(res, 0, 2), phex);
-        ck_assert_str_eq(PQgetvalue(res, 0, 3), "t");
-        ck_assert_str_eq(PQgetvalue(res, 0, 4), want[i].note);
-        ck_assert_str_eq(PQgetvalue(res, 0, 5), want[i].at);
-        PQclear(res);
+        const char *row[] = {want[i].device, want[i].temp, phex, "t", want[i].note, want[i].at};
+        check_row(t.db, sql, 2, params, hex, row, (int)ARRAY_LEN(row));
     }
-    PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    owner_table_close(&t);
 }
 END_TEST
 
@@ -810,9 +864,7 @@ START_TEST(test_status_state_rule)
     PQfinish(db);
     free(recs);
     free(s);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -822,16 +874,11 @@ END_TEST
  * committed, the ones after it go in the next export. */
 START_TEST(test_reject_bad_row)
 {
-    char table[64], sql[256];
-    unique_name(table, sizeof table, "reject");
-    PGconn *db = db_connect();
-    snprintf(sql, sizeof sql,
-             "CREATE TABLE %s (msg_id TEXT PRIMARY KEY, temp INTEGER, note TEXT NOT NULL)", table);
-    db_exec(db, sql);
-    struct connector *c = sink_open();
-    struct item items[] = {{"table", table}, {NULL, NULL}};
+    char sql[256];
     struct item cols[] = {{"temp", "${payload.temp}"}, {"note", "${payload.note}"}, {NULL, NULL}};
-    struct rule *r = rule_ok(c, RULE_OUTBOUND, items, cols);
+    struct owner_table t;
+    owner_table_open(&t, "reject", "msg_id TEXT PRIMARY KEY, temp INTEGER, note TEXT NOT NULL",
+                     cols);
     static const char *const json[] = {
         "{\"temp\":1,\"note\":\"a\"}",       "{\"temp\":2,\"note\":\"b\"}",
         "{\"temp\":\"abc\",\"note\":\"c\"}", "{\"temp\":4,\"note\":\"d\"}",
@@ -839,40 +886,44 @@ START_TEST(test_reject_bad_row)
     };
     struct msg m[5];
     for (unsigned i = 0; i < 5; i++) {
-        msg_make(&m[i], r, i);
+        msg_make(&m[i], t.r, i);
         msg_json(&m[i], json[i]);
     }
-    const char *err = export_msgs(c, m, 5, CONNECTOR_REJECT, 2);
+    const char *err = export_msgs(t.c, m, 5, CONNECTOR_REJECT, 2);
     ck_assert_msg(strstr(err, "invalid input syntax for type integer") &&
                       strstr(err, "GID_b@@@x-9") && strstr(err, "22P02"),
                   "err: %s", err);
-    ck_assert_int_eq(db_count(db, table), 2);
-    export_msgs(c, m + 3, 2, CONNECTOR_OK, 2);
-    snprintf(sql, sizeof sql, "SELECT string_agg(note, '' ORDER BY temp) FROM %s", table);
-    PGresult *res = db_query(db, sql, 0, NULL);
+    ck_assert_int_eq(db_count(t.db, t.name), 2);
+    export_msgs(t.c, m + 3, 2, CONNECTOR_OK, 2);
+    snprintf(sql, sizeof sql, "SELECT string_agg(note, '' ORDER BY temp) FROM %s", t.name);
+    PGresult *res = db_query(t.db, sql, 0, NULL);
     ck_assert_str_eq(PQgetvalue(res, 0, 0), "abde");
     PQclear(res);
-    PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    owner_table_close(&t);
 }
 END_TEST
 
-/* Two statements per status event: a refused events row (the owner's
- * CHECK) rejects the right event, and its state change is not kept. */
-START_TEST(test_reject_status_event)
+/* An owner's events table whose CHECK refuses tcpclean events. */
+static void create_events_no_tcpclean(PGconn *db, const char *events)
 {
-    char state[64], events[64], sql[512];
-    unique_name(state, sizeof state, "state");
-    unique_name(events, sizeof events, "events");
-    PGconn *db = db_connect();
+    char sql[512];
     snprintf(sql, sizeof sql,
              "CREATE TABLE %s (seq BIGINT PRIMARY KEY, client_id TEXT, event_type TEXT "
              "CHECK (event_type <> 'tcpclean'), channel_id TEXT, client_ip TEXT, "
              "\"time\" TIMESTAMPTZ, body JSONB)",
              events);
     db_exec(db, sql);
+}
+
+/* Two statements per status event: a refused events row (the owner's
+ * CHECK) rejects the right event, and its state change is not kept. */
+START_TEST(test_reject_status_event)
+{
+    char state[64], events[64];
+    unique_name(state, sizeof state, "state");
+    unique_name(events, sizeof events, "events");
+    PGconn *db = db_connect();
+    create_events_no_tcpclean(db, events);
     struct connector *c = sink_open();
     struct item items[] = {
         {"table", state}, {"events_table", events}, {"create_table", "true"}, {NULL, NULL}};
@@ -898,9 +949,7 @@ START_TEST(test_reject_status_event)
     check_state(db, state, &steps[3], 3);
     ck_assert_int_eq(db_count(db, events), 3);
     PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -908,31 +957,23 @@ END_TEST
  * (nothing acknowledged), and a repeat of the same batch agrees. */
 START_TEST(test_reject_first_row)
 {
-    char table[64], sql[256];
-    unique_name(table, sizeof table, "nul");
-    PGconn *db = db_connect();
-    snprintf(sql, sizeof sql, "CREATE TABLE %s (msg_id TEXT PRIMARY KEY, body TEXT)", table);
-    db_exec(db, sql);
-    struct connector *c = sink_open();
-    struct item items[] = {{"table", table}, {NULL, NULL}};
+    char sql[256];
     struct item cols[] = {{"body", "${payload}"}, {NULL, NULL}};
-    struct rule *r = rule_ok(c, RULE_OUTBOUND, items, cols);
+    struct owner_table t;
+    owner_table_open(&t, "nul", "msg_id TEXT PRIMARY KEY, body TEXT", cols);
     struct msg m[3];
     for (unsigned i = 0; i < 3; i++)
-        msg_make(&m[i], r, i);
+        msg_make(&m[i], t.r, i);
     msg_json(&m[1], "plain text");
-    export_msgs(c, m, 3, CONNECTOR_REJECT, 0);
-    export_msgs(c, m, 3, CONNECTOR_REJECT, 0);
-    ck_assert_int_eq(db_count(db, table), 0);
-    export_msgs(c, m + 1, 1, CONNECTOR_OK, 1);
-    snprintf(sql, sizeof sql, "SELECT body FROM %s", table);
-    PGresult *res = db_query(db, sql, 0, NULL);
+    export_msgs(t.c, m, 3, CONNECTOR_REJECT, 0);
+    export_msgs(t.c, m, 3, CONNECTOR_REJECT, 0);
+    ck_assert_int_eq(db_count(t.db, t.name), 0);
+    export_msgs(t.c, m + 1, 1, CONNECTOR_OK, 1);
+    snprintf(sql, sizeof sql, "SELECT body FROM %s", t.name);
+    PGresult *res = db_query(t.db, sql, 0, NULL);
     ck_assert_str_eq(PQgetvalue(res, 0, 0), "plain text");
     PQclear(res);
-    PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    owner_table_close(&t);
 }
 END_TEST
 
@@ -952,19 +993,14 @@ START_TEST(test_retry_missing_table)
     /* The engine closes and opens again after a RETRY. */
     ops->close(c);
     PGconn *db = db_connect();
-    snprintf(sql, sizeof sql,
-             "CREATE TABLE %s (msg_id TEXT PRIMARY KEY, topic TEXT NOT NULL, client_id TEXT NOT "
-             "NULL, qos SMALLINT NOT NULL, payload BYTEA NOT NULL, ts TIMESTAMPTZ NOT NULL)",
-             table);
+    snprintf(sql, sizeof sql, "CREATE TABLE %s (" DEFAULT_COLUMNS ")", table);
     db_exec(db, sql);
     char oerr[512] = "";
     ck_assert_msg(ops->open(c, oerr, sizeof oerr) == 0, "open: %s", oerr);
     export_msgs(c, m, 3, CONNECTOR_OK, 3);
     check_messages(db, table, m, 3);
     PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -1013,19 +1049,13 @@ static double now_s(void)
  * row ("COPY" or "INSERT"). */
 
 #define VIA_COLUMN "via TEXT DEFAULT split_part(current_query(), ' ', 1)"
-#define DEFAULT_COLUMNS \
-    "msg_id TEXT PRIMARY KEY, topic TEXT NOT NULL, client_id TEXT NOT NULL, qos SMALLINT NOT " \
-    "NULL, payload BYTEA NOT NULL, ts TIMESTAMPTZ NOT NULL"
 
 static long long db_count_via(PGconn *db, const char *table, const char *via)
 {
     char sql[256];
     snprintf(sql, sizeof sql, "SELECT count(*) FROM %s WHERE via = $1", table);
     const char *params[1] = {via};
-    PGresult *res = db_query(db, sql, 1, params);
-    long long n = atoll(PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return n;
+    return db_number(db, sql, 1, params);
 }
 
 /* New rows go by COPY; a batch that repeats stored rows (COPY fails on the
@@ -1034,38 +1064,25 @@ static long long db_count_via(PGconn *db, const char *table, const char *via)
 START_TEST(test_copy_repeats)
 {
     enum { N = 400 };
-    char table[64], sql[512];
-    unique_name(table, sizeof table, "rep");
-    PGconn *db = db_connect();
-    snprintf(sql, sizeof sql, "CREATE TABLE %s (" DEFAULT_COLUMNS ", " VIA_COLUMN ")", table);
-    db_exec(db, sql);
-    struct connector *c = sink_open();
-    struct item items[] = {{"table", table}, {NULL, NULL}};
-    struct rule *r = rule_ok(c, RULE_OUTBOUND, items, NULL);
-    struct msg *m = calloc(N, sizeof *m);
-    ck_assert_ptr_nonnull(m);
-    for (unsigned i = 0; i < N; i++)
-        msg_make(&m[i], r, i);
+    struct owner_table t;
+    owner_table_open(&t, "rep", DEFAULT_COLUMNS ", " VIA_COLUMN, NULL);
+    struct msg *m = msgs_new(t.r, N);
 
-    export_msgs(c, m, 200, CONNECTOR_OK, 200);
-    ck_assert_int_eq(db_count_via(db, table, "COPY"), 200);
-    export_msgs(c, m + 100, 200, CONNECTOR_OK, 200); /* 100 stored, 100 new */
-    ck_assert_int_eq(db_count(db, table), 300);
-    ck_assert_int_eq(db_count_via(db, table, "COPY"), 200);
-    ck_assert_int_eq(db_count_via(db, table, "INSERT"), 100);
+    export_msgs(t.c, m, 200, CONNECTOR_OK, 200);
+    ck_assert_int_eq(db_count_via(t.db, t.name, "COPY"), 200);
+    export_msgs(t.c, m + 100, 200, CONNECTOR_OK, 200); /* 100 stored, 100 new */
+    ck_assert_int_eq(db_count(t.db, t.name), 300);
+    ck_assert_int_eq(db_count_via(t.db, t.name, "COPY"), 200);
+    ck_assert_int_eq(db_count_via(t.db, t.name, "INSERT"), 100);
     struct export_record *twice[] = {&m[300].rec, &m[301].rec, &m[300].rec};
-    export_expect(c, twice, 3, CONNECTOR_OK, 3);
-    ck_assert_int_eq(db_count(db, table), 302);
-    export_msgs(c, m + 302, N - 302, CONNECTOR_OK, N - 302);
-    ck_assert_int_eq(db_count_via(db, table, "COPY"), 200 + N - 302);
-    export_msgs(c, m, N, CONNECTOR_OK, N); /* all of it again */
-    check_messages(db, table, m, N);
-
-    PQfinish(db);
+    export_expect(t.c, twice, 3, CONNECTOR_OK, 3);
+    ck_assert_int_eq(db_count(t.db, t.name), 302);
+    export_msgs(t.c, m + 302, N - 302, CONNECTOR_OK, N - 302);
+    ck_assert_int_eq(db_count_via(t.db, t.name, "COPY"), 200 + N - 302);
+    export_msgs(t.c, m, N, CONNECTOR_OK, N); /* all of it again */
+    check_messages(t.db, t.name, m, N);
     free(m);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    owner_table_close(&t);
 }
 END_TEST
 
@@ -1075,51 +1092,39 @@ END_TEST
 START_TEST(test_copy_reject_one)
 {
     enum { N = 300, LONG = 120, HOT = 200 };
-    char table[64], sql[512];
-    unique_name(table, sizeof table, "rej");
-    PGconn *db = db_connect();
-    snprintf(sql, sizeof sql,
-             "CREATE TABLE %s (msg_id TEXT PRIMARY KEY, device VARCHAR(8), "
-             "temp INTEGER CHECK (temp < 100), " VIA_COLUMN ")",
-             table);
-    db_exec(db, sql);
-    struct connector *c = sink_open();
-    struct item items[] = {{"table", table}, {NULL, NULL}};
+    char sql[512];
     struct item cols[] = {{"device", "${device}"}, {"temp", "${payload.temp}"}, {NULL, NULL}};
-    struct rule *r = rule_ok(c, RULE_OUTBOUND, items, cols);
-    struct msg *m = calloc(N, sizeof *m);
-    ck_assert_ptr_nonnull(m);
+    struct owner_table t;
+    owner_table_open(&t, "rej",
+                     "msg_id TEXT PRIMARY KEY, device VARCHAR(8), "
+                     "temp INTEGER CHECK (temp < 100), " VIA_COLUMN,
+                     cols);
+    struct msg *m = msgs_new(t.r, N);
     for (unsigned i = 0; i < N; i++) {
         char json[32];
-        msg_make(&m[i], r, i);
         snprintf(json, sizeof json, "{\"temp\": %u}", i == HOT ? 150 : i % 50);
         msg_json(&m[i], json);
     }
     snprintf(m[LONG].client, sizeof m[LONG].client, "GID_a@@@far-too-long");
 
-    const char *err = export_msgs(c, m, N, CONNECTOR_REJECT, LONG);
+    const char *err = export_msgs(t.c, m, N, CONNECTOR_REJECT, LONG);
     ck_assert_msg(strstr(err, "too long") && strstr(err, "22001") && strstr(err, "far-too-long"),
                   "err: %s", err);
-    ck_assert_int_eq(db_count(db, table), LONG);
-    err = export_msgs(c, m + LONG + 1, N - LONG - 1, CONNECTOR_REJECT, HOT - LONG - 1);
+    ck_assert_int_eq(db_count(t.db, t.name), LONG);
+    err = export_msgs(t.c, m + LONG + 1, N - LONG - 1, CONNECTOR_REJECT, HOT - LONG - 1);
     ck_assert_msg(strstr(err, "check constraint") && strstr(err, "23514"), "err: %s", err);
-    ck_assert_int_eq(db_count(db, table), HOT - 1);
-    export_msgs(c, m + HOT + 1, N - HOT - 1, CONNECTOR_OK, N - HOT - 1);
-    ck_assert_int_eq(db_count(db, table), N - 2);
-    ck_assert_int_eq(db_count_via(db, table, "COPY"), N - HOT - 1);
+    ck_assert_int_eq(db_count(t.db, t.name), HOT - 1);
+    export_msgs(t.c, m + HOT + 1, N - HOT - 1, CONNECTOR_OK, N - HOT - 1);
+    ck_assert_int_eq(db_count(t.db, t.name), N - 2);
+    ck_assert_int_eq(db_count_via(t.db, t.name, "COPY"), N - HOT - 1);
     char ids[2][17];
     snprintf(ids[0], sizeof ids[0], "%016" PRIx64, m[LONG].rec.msg_id);
     snprintf(ids[1], sizeof ids[1], "%016" PRIx64, m[HOT].rec.msg_id);
-    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s WHERE msg_id IN ($1, $2)", table);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s WHERE msg_id IN ($1, $2)", t.name);
     const char *params[2] = {ids[0], ids[1]};
-    PGresult *res = db_query(db, sql, 2, params);
-    ck_assert_str_eq(PQgetvalue(res, 0, 0), "0");
-    PQclear(res);
-    PQfinish(db);
+    ck_assert_int_eq(db_number(t.db, sql, 2, params), 0);
     free(m);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    owner_table_close(&t);
 }
 END_TEST
 
@@ -1171,14 +1176,8 @@ START_TEST(test_copy_connection_killed)
     struct connector *c = sink_open_to(ci);
     struct item items[] = {{"table", table}, {NULL, NULL}};
     struct rule *r = rule_ok(c, RULE_OUTBOUND, items, NULL);
-    struct msg *m = calloc(N, sizeof *m);
-    struct export_record **recs = calloc(N, sizeof *recs);
-    ck_assert_ptr_nonnull(m);
-    ck_assert_ptr_nonnull(recs);
-    for (unsigned i = 0; i < N; i++) {
-        msg_make(&m[i], r, i);
-        recs[i] = &m[i].rec;
-    }
+    struct msg *m = msgs_new(r, N);
+    struct export_record **recs = recs_of(m, N);
     struct export_job job = {.c = c, .recs = recs, .n = N, .acked = 99999};
     pthread_t th;
     ck_assert_int_eq(pthread_create(&th, NULL, export_main, &job), 0);
@@ -1215,9 +1214,7 @@ START_TEST(test_copy_connection_killed)
     PQfinish(db);
     free(recs);
     free(m);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -1227,17 +1224,7 @@ END_TEST
  * sends that batch the INSERT way. */
 START_TEST(test_copy_custom_columns)
 {
-    char table[64], sql[1024];
-    unique_name(table, sizeof table, "map");
-    PGconn *db = db_connect();
-    snprintf(sql, sizeof sql,
-             "CREATE TABLE %s (msg_id TEXT PRIMARY KEY, device VARCHAR(32), code CHAR(4), "
-             "temp INTEGER, small SMALLINT, big BIGINT, raw BYTEA, tag BYTEA, body JSONB, doc "
-             "JSON, note TEXT, " VIA_COLUMN ")",
-             table);
-    db_exec(db, sql);
-    struct connector *c = sink_open();
-    struct item items[] = {{"table", table}, {NULL, NULL}};
+    char sql[1024];
     struct item cols[] = {
         {"device", "${device}"},
         {"code", "q${qos}"},
@@ -1251,7 +1238,12 @@ START_TEST(test_copy_custom_columns)
         {"note", "${group}|${topic}|${qos}"},
         {NULL, NULL},
     };
-    struct rule *r = rule_ok(c, RULE_OUTBOUND, items, cols);
+    struct owner_table t;
+    owner_table_open(&t, "map",
+                     "msg_id TEXT PRIMARY KEY, device VARCHAR(32), code CHAR(4), temp INTEGER, "
+                     "small SMALLINT, big BIGINT, raw BYTEA, tag BYTEA, body JSONB, doc JSON, "
+                     "note TEXT, " VIA_COLUMN,
+                     cols);
     static const char *const json[] = {
         "{\"temp\": 21, \"unit\": \"C\"}",
         "{\"temp\": -2147483648}",
@@ -1270,43 +1262,31 @@ START_TEST(test_copy_custom_columns)
     };
     struct msg m[5];
     for (unsigned i = 0; i < 5; i++) {
-        msg_make(&m[i], r, i);
+        msg_make(&m[i], t.r, i);
         msg_json(&m[i], json[i]);
     }
-    export_msgs(c, m, 3, CONNECTOR_OK, 3);
-    export_msgs(c, m + 3, 2, CONNECTOR_OK, 2);
-    ck_assert_int_eq(db_count(db, table), 5);
+    export_msgs(t.c, m, 3, CONNECTOR_OK, 3);
+    export_msgs(t.c, m + 3, 2, CONNECTOR_OK, 2);
+    ck_assert_int_eq(db_count(t.db, t.name), 5);
 
     snprintf(sql, sizeof sql,
              "SELECT device, code, temp, small, big, encode(raw, 'hex'), convert_from(tag, "
              "'UTF8'), body = $1::jsonb, doc::text, note, via FROM %s WHERE msg_id = $2",
-             table);
+             t.name);
     for (unsigned i = 0; i < 5; i++) {
         char hex[17], phex[260], qos[4];
         snprintf(hex, sizeof hex, "%016" PRIx64, m[i].rec.msg_id);
         snprintf(qos, sizeof qos, "%u", m[i].rec.qos);
         hex_of(m[i].payload, m[i].rec.payload_len, phex);
         const char *params[2] = {json[i], hex};
-        PGresult *res = db_query(db, sql, 2, params);
-        ck_assert_int_eq(PQntuples(res), 1);
-        ck_assert_str_eq(PQgetvalue(res, 0, 0), want[i].device);
-        ck_assert_str_eq(PQgetvalue(res, 0, 1), want[i].code);
-        ck_assert_str_eq(PQgetvalue(res, 0, 2), want[i].temp);
-        ck_assert_str_eq(PQgetvalue(res, 0, 3), qos);
-        ck_assert_str_eq(PQgetvalue(res, 0, 4), want[i].at);
-        ck_assert_str_eq(PQgetvalue(res, 0, 5), phex);
-        ck_assert_str_eq(PQgetvalue(res, 0, 6), want[i].device);
-        ck_assert_str_eq(PQgetvalue(res, 0, 7), "t");
-        ck_assert_str_eq(PQgetvalue(res, 0, 8), json[i]); /* json keeps the text */
-        ck_assert_str_eq(PQgetvalue(res, 0, 9), want[i].note);
-        ck_assert_msg(!strcmp(PQgetvalue(res, 0, 10), want[i].via), "row %u came by %s", i,
-                      PQgetvalue(res, 0, 10));
-        PQclear(res);
+        const char *row[] = {
+            want[i].device, want[i].code,   want[i].temp, qos,     want[i].at,
+            phex,           want[i].device, "t",          json[i], /* json keeps the text */
+            want[i].note,   want[i].via,
+        };
+        check_row(t.db, sql, 2, params, hex, row, (int)ARRAY_LEN(row));
     }
-    PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    owner_table_close(&t);
 }
 END_TEST
 
@@ -1315,36 +1295,28 @@ END_TEST
  * INSERT way, every time, and are stored right. */
 START_TEST(test_copy_not_for_this_table)
 {
-    char table[64], sql[512];
-    unique_name(table, sizeof table, "ins");
-    PGconn *db = db_connect();
-    snprintf(sql, sizeof sql,
-             "CREATE TABLE %s (msg_id TEXT PRIMARY KEY, topic TEXT, client_id TEXT, qos NUMERIC, "
-             "payload BYTEA, ts TIMESTAMP, " VIA_COLUMN ")",
-             table);
-    db_exec(db, sql);
-    struct connector *c = sink_open();
-    struct item items[] = {{"table", table}, {NULL, NULL}};
-    struct rule *r = rule_ok(c, RULE_OUTBOUND, items, NULL);
+    char sql[512];
+    struct owner_table t;
+    owner_table_open(&t, "ins",
+                     "msg_id TEXT PRIMARY KEY, topic TEXT, client_id TEXT, qos NUMERIC, "
+                     "payload BYTEA, ts TIMESTAMP, " VIA_COLUMN,
+                     NULL);
     struct msg m[6];
     for (unsigned i = 0; i < 6; i++)
-        msg_make(&m[i], r, i);
-    export_msgs(c, m, 3, CONNECTOR_OK, 3);
-    export_msgs(c, m + 3, 3, CONNECTOR_OK, 3);
-    ck_assert_int_eq(db_count_via(db, table, "INSERT"), 6);
+        msg_make(&m[i], t.r, i);
+    export_msgs(t.c, m, 3, CONNECTOR_OK, 3);
+    export_msgs(t.c, m + 3, 3, CONNECTOR_OK, 3);
+    ck_assert_int_eq(db_count_via(t.db, t.name, "INSERT"), 6);
     snprintf(sql, sizeof sql,
              "SELECT string_agg(qos::text || ':' || (extract(epoch FROM ts AT TIME ZONE "
              "current_setting('TimeZone')) * 1000)::bigint, ',' ORDER BY msg_id) FROM %s",
-             table);
-    PGresult *res = db_query(db, sql, 0, NULL);
+             t.name);
+    PGresult *res = db_query(t.db, sql, 0, NULL);
     ck_assert_str_eq(PQgetvalue(res, 0, 0),
                      "0:1700000000000,1:1700000000001,2:1700000000002,0:1700000000003,"
                      "1:1700000000004,2:1700000000005");
     PQclear(res);
-    PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    owner_table_close(&t);
 }
 END_TEST
 
@@ -1354,22 +1326,18 @@ END_TEST
  * again. */
 START_TEST(test_copy_table_changed)
 {
-    char table[64], sql[512];
-    unique_name(table, sizeof table, "alter");
-    PGconn *db = db_connect();
-    snprintf(sql, sizeof sql, "CREATE TABLE %s (msg_id TEXT PRIMARY KEY, n TEXT, " VIA_COLUMN ")",
-             table);
-    db_exec(db, sql);
-    struct connector *c = sink_open();
-    struct item items[] = {{"table", table}, {NULL, NULL}};
+    char sql[512];
     struct item cols[] = {{"n", "${qos}"}, {NULL, NULL}};
-    struct rule *r = rule_ok(c, RULE_OUTBOUND, items, cols);
+    struct owner_table t;
+    owner_table_open(&t, "alter", "msg_id TEXT PRIMARY KEY, n TEXT, " VIA_COLUMN, cols);
+    struct connector *c = t.c;
     struct msg m[9];
     for (unsigned i = 0; i < 9; i++)
-        msg_make(&m[i], r, i);
+        msg_make(&m[i], t.r, i);
     export_msgs(c, m, 3, CONNECTOR_OK, 3);
-    snprintf(sql, sizeof sql, "ALTER TABLE %s ALTER COLUMN n TYPE integer USING n::integer", table);
-    db_exec(db, sql);
+    snprintf(sql, sizeof sql, "ALTER TABLE %s ALTER COLUMN n TYPE integer USING n::integer",
+             t.name);
+    db_exec(t.db, sql);
     char err[512] = "";
     size_t acked = 0;
     struct export_record *recs[3] = {&m[3].rec, &m[4].rec, &m[5].rec};
@@ -1385,8 +1353,8 @@ START_TEST(test_copy_table_changed)
     ck_assert_msg(ops->open(c, err, sizeof err) == 0, "open: %s", err);
     export_msgs(c, m + 6, 3, CONNECTOR_OK, 3);
     snprintf(sql, sizeof sql, "SELECT string_agg(n::text || via, ',' ORDER BY msg_id) FROM %s",
-             table);
-    PGresult *res = db_query(db, sql, 0, NULL);
+             t.name);
+    PGresult *res = db_query(t.db, sql, 0, NULL);
     /* PostgreSQL 15 keeps the prepared INSERT's text parameter, which the
      * integer column now refuses (42804): RETRY, and all rows by COPY. */
     ck_assert_str_eq(PQgetvalue(res, 0, 0),
@@ -1394,11 +1362,8 @@ START_TEST(test_copy_table_changed)
                          ? "0COPY,1COPY,2COPY,0INSERT,1INSERT,2INSERT,0COPY,1COPY,2COPY"
                          : "0COPY,1COPY,2COPY,0COPY,1COPY,2COPY,0COPY,1COPY,2COPY");
     PQclear(res);
-    ck_assert_int_eq(db_count(db, table), 9);
-    PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    ck_assert_int_eq(db_count(t.db, t.name), 9);
+    owner_table_close(&t);
 }
 END_TEST
 
@@ -1408,32 +1373,25 @@ END_TEST
  * record. */
 START_TEST(test_copy_mixed_batch)
 {
-    char ta[64], tb[64], state[64], events[64], sql[512];
-    unique_name(ta, sizeof ta, "mixa");
+    char tb[64], state[64], events[64], sql[512];
+    struct owner_table t; /* table a, with rule ra */
+    owner_table_open(&t, "mixa", "n BIGSERIAL, " DEFAULT_COLUMNS ", " VIA_COLUMN, NULL);
+    struct connector *c = t.c;
+    PGconn *db = t.db;
+    const char *ta = t.name;
     unique_name(tb, sizeof tb, "mixb");
     unique_name(state, sizeof state, "mixs");
     unique_name(events, sizeof events, "mixe");
-    PGconn *db = db_connect();
-    snprintf(sql, sizeof sql, "CREATE TABLE %s (n BIGSERIAL, " DEFAULT_COLUMNS ", " VIA_COLUMN ")",
-             ta);
-    db_exec(db, sql);
     snprintf(sql, sizeof sql,
              "CREATE TABLE %s (n BIGSERIAL, msg_id TEXT PRIMARY KEY, who TEXT, " VIA_COLUMN ")",
              tb);
     db_exec(db, sql);
-    snprintf(sql, sizeof sql,
-             "CREATE TABLE %s (seq BIGINT PRIMARY KEY, client_id TEXT, event_type TEXT "
-             "CHECK (event_type <> 'tcpclean'), channel_id TEXT, client_ip TEXT, "
-             "\"time\" TIMESTAMPTZ, body JSONB)",
-             events);
-    db_exec(db, sql);
-    struct connector *c = sink_open();
-    struct item ia[] = {{"table", ta}, {NULL, NULL}};
+    create_events_no_tcpclean(db, events);
     struct item ib[] = {{"table", tb}, {NULL, NULL}};
     struct item cb[] = {{"who", "${clientid}"}, {NULL, NULL}};
     struct item is[] = {
         {"table", state}, {"events_table", events}, {"create_table", "true"}, {NULL, NULL}};
-    struct rule *ra = rule_ok(c, RULE_OUTBOUND, ia, NULL);
+    struct rule *ra = t.r;
     struct rule *rb = rule_ok(c, RULE_OUTBOUND, ib, cb);
     struct rule *rs = rule_ok(c, RULE_STATUS, is, NULL);
     struct msg ma[5], mb[2];
@@ -1469,12 +1427,9 @@ START_TEST(test_copy_mixed_batch)
     check_state(db, state, &status_steps[1], 2);
     ck_assert_int_eq(db_count(db, events), 2);
 
-    PQfinish(db);
-    rule_free(c, ra);
     rule_free(c, rb);
     rule_free(c, rs);
-    ops->destroy(c);
-    drop_all();
+    owner_table_close(&t);
 }
 END_TEST
 
@@ -1482,25 +1437,16 @@ END_TEST
  * refused up front (RETRY, the records wait), with the server's reason. */
 START_TEST(test_retry_no_unique_msg_id)
 {
-    char table[64], sql[256];
-    unique_name(table, sizeof table, "nokey");
-    PGconn *db = db_connect();
-    snprintf(sql, sizeof sql, "CREATE TABLE %s (msg_id TEXT, note TEXT)", table);
-    db_exec(db, sql);
-    struct connector *c = sink_open();
-    struct item items[] = {{"table", table}, {NULL, NULL}};
     struct item cols[] = {{"note", "${topic}"}, {NULL, NULL}};
-    struct rule *r = rule_ok(c, RULE_OUTBOUND, items, cols);
+    struct owner_table t;
+    owner_table_open(&t, "nokey", "msg_id TEXT, note TEXT", cols);
     struct msg m[2];
-    msg_make(&m[0], r, 0);
-    msg_make(&m[1], r, 1);
-    const char *err = export_msgs(c, m, 2, CONNECTOR_RETRY, 0);
+    msg_make(&m[0], t.r, 0);
+    msg_make(&m[1], t.r, 1);
+    const char *err = export_msgs(t.c, m, 2, CONNECTOR_RETRY, 0);
     ck_assert_msg(strstr(err, "no unique or exclusion constraint"), "err: %s", err);
-    ck_assert_int_eq(db_count(db, table), 0);
-    PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    ck_assert_int_eq(db_count(t.db, t.name), 0);
+    owner_table_close(&t);
 }
 END_TEST
 
@@ -1640,9 +1586,7 @@ START_TEST(test_server_restart)
     PGconn *db = db_connect_to(ci);
     check_messages(db, table, m, N);
     PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -1656,16 +1600,12 @@ START_TEST(test_throughput)
     struct connector *c = sink_open();
     struct item items[] = {{"table", table}, {"create_table", "true"}, {NULL, NULL}};
     struct rule *r = rule_ok(c, RULE_OUTBOUND, items, NULL);
-    struct msg *m = calloc(N, sizeof *m);
-    struct export_record **recs = calloc(N, sizeof *recs);
-    ck_assert_ptr_nonnull(m);
-    ck_assert_ptr_nonnull(recs);
+    struct msg *m = msgs_new(r, N);
     for (unsigned i = 0; i < N; i++) {
-        msg_make(&m[i], r, i);
         memset(m[i].payload, 'a' + i % 26, 64);
         m[i].rec.payload_len = 64;
-        recs[i] = &m[i].rec;
     }
+    struct export_record **recs = recs_of(m, N);
     export_expect(c, recs, 1, CONNECTOR_OK, 1); /* table made and statement prepared */
     double t0 = now_s();
     export_expect(c, recs + 1, N - 1, CONNECTOR_OK, N - 1);
@@ -1682,9 +1622,7 @@ START_TEST(test_throughput)
     PQfinish(db);
     free(recs);
     free(m);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -1896,9 +1834,7 @@ START_TEST(test_source_create_table)
     ops->source_close(s1);
     ops->source_close(s2);
     PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -1965,9 +1901,7 @@ START_TEST(test_source_fetch_exact)
 
     ops->source_close(s);
     PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -2070,9 +2004,7 @@ START_TEST(test_source_redelivery)
 
     ops->source_close(s);
     PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -2113,9 +2045,7 @@ START_TEST(test_source_skip_locked)
     ops->source_close(a);
     ops->source_close(b);
     PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -2188,9 +2118,7 @@ START_TEST(test_source_notify_wakes)
     source_ack(s, recs, n, CONNECTOR_OK);
     records_free(recs, n);
     ops->source_close(s);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -2231,9 +2159,7 @@ START_TEST(test_source_poll_without_trigger)
     ck_assert_int_eq(db_count(db, table), 0);
     ops->source_close(s);
     PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -2267,9 +2193,7 @@ START_TEST(test_source_missing_table)
     s = source_open(c, r);
     ops->source_close(s);
     PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -2316,9 +2240,7 @@ START_TEST(test_source_connection_lost)
     ck_assert_int_eq(db_count(db, table), 0);
     ops->source_close(s);
     PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 
@@ -2395,9 +2317,7 @@ START_TEST(test_source_throughput)
     free(recs);
     ops->source_close(s);
     PQfinish(db);
-    rule_free(c, r);
-    ops->destroy(c);
-    drop_all();
+    sink_done(c, r);
 }
 END_TEST
 

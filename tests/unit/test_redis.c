@@ -221,6 +221,15 @@ static void rule_free(struct connector *c, struct rule *r)
     free(r);
 }
 
+/* The end of a test: the connection closed, the rule and the connector
+ * freed. */
+static void conn_done(struct connector *c, struct rule *r)
+{
+    ops->close(c);
+    rule_free(c, r);
+    ops->destroy(c);
+}
+
 /* Messages from `clients` clients, interleaved; record i: msg_id base+i,
  * seqno base+i, payload "c<k>#<j>" + a NUL byte + "|bin" (binary safe). */
 struct batch {
@@ -558,9 +567,7 @@ START_TEST(test_stream_read_back)
     }
     redisFree(rc);
     batch_free(&b);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
+    conn_done(c, r);
 }
 END_TEST
 
@@ -629,9 +636,7 @@ START_TEST(test_stream_maxlen)
     ck_assert_msg(len >= 10 && len < 1000, "XLEN %lld", len); /* ~ trims whole nodes */
     redisFree(rc);
     batch_free(&b);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
+    conn_done(c, r);
 }
 END_TEST
 
@@ -762,9 +767,7 @@ START_TEST(test_status_state_rule)
     ck_assert_uint_eq(acked, STEPS);
     check_state(rc, hash2, &state_steps[STEPS - 1], client2);
     redisFree(rc);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
+    conn_done(c, r);
 }
 END_TEST
 
@@ -792,9 +795,7 @@ START_TEST(test_status_first_event_offline)
     ck_assert_str_eq(h->str, "77");
     freeReplyObject(h);
     redisFree(rc);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
+    conn_done(c, r);
 }
 END_TEST
 
@@ -836,11 +837,26 @@ START_TEST(test_reject_wrongtype)
     ck_assert_int_eq(client_int(rc, (const char *[]){"XLEN", s4, NULL}), 2);
     redisFree(rc);
     batch_free(&b);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
+    conn_done(c, r);
 }
 END_TEST
+
+/* The msgid fields of the entries [from, to) of stream key are those of
+ * recs[0..to - from), in order. */
+static void assert_msgids(redisContext *rc, const char *key, size_t from, size_t to,
+                          const struct export_record *recs)
+{
+    redisReply *x = client_cmd(rc, (const char *[]){"XRANGE", key, "-", "+", NULL});
+    ck_assert_uint_ge(x->elements, to);
+    for (size_t j = from; j < to; j++) {
+        char msgid[17];
+        snprintf(msgid, sizeof msgid, "%016" PRIx64, recs[j - from].msg_id);
+        const redisReply *v = field_of(x->element[j]->element[1], "msgid");
+        ck_assert_msg(v != NULL && strcmp(v->str, msgid) == 0, "entry %zu: msgid %s, want %s", j,
+                      v ? v->str : "(none)", msgid);
+    }
+    freeReplyObject(x);
+}
 
 /* A REJECT in the second of the chunks in flight (record 1500 of 5000):
  * acked 1500; the records after it that were written (the rest of its
@@ -871,21 +887,14 @@ START_TEST(test_reject_across_chunks)
     ck_assert_int_eq(export_batch(c, b.ptrs + BAD + 1, N - BAD - 1, &acked, err, sizeof err),
                      CONNECTOR_OK);
     ck_assert_uint_eq(acked, N - BAD - 1);
-    redisReply *x = client_cmd(rc, (const char *[]){"XRANGE", good, "-", "+", NULL});
-    ck_assert_uint_eq(x->elements, N - 1);
-    for (size_t j = 0; j < x->elements; j++) {
-        const struct export_record *want = &b.recs[j < BAD ? j : j + 1];
-        char msgid[17];
-        snprintf(msgid, sizeof msgid, "%016" PRIx64, want->msg_id);
-        assert_field_str(x->element[j]->element[1], "msgid", msgid);
-    }
-    freeReplyObject(x);
+    /* every record but the bad one, once, in order */
+    ck_assert_int_eq(client_int(rc, (const char *[]){"XLEN", good, NULL}), N - 1);
+    assert_msgids(rc, good, 0, BAD, b.recs);
+    assert_msgids(rc, good, BAD, N - 1, b.recs + BAD + 1);
     freeReplyObject(client_cmd(rc, (const char *[]){"DEL", good, bad, NULL}));
     redisFree(rc);
     batch_free(&b);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
+    conn_done(c, r);
 }
 END_TEST
 
@@ -981,6 +990,37 @@ static void priv_kill(void)
     unlink(path);
 }
 
+/* A connector (timeouts as for conn_make) open on a private server started
+ * for it, with one rule: an outbound rule whose key, or a status rule
+ * whose stream, is `name`, unique to this run. */
+struct priv_sink {
+    char name[128];
+    struct connector *c;
+    struct rule *r;
+};
+
+static void priv_sink_open(struct priv_sink *p, enum rule_type type, const char *what,
+                           const char *connect_ms, const char *cmd_ms)
+{
+    char url[128];
+    ck_assert_msg(priv_dir[0] != '\0', "mkdtemp failed");
+    priv_port = free_port();
+    priv_start();
+    snprintf(url, sizeof url, "redis://:%s@127.0.0.1:%d/0", priv_password, priv_port);
+    unique_name(p->name, sizeof p->name, what);
+    p->c = conn_make(url, connect_ms, cmd_ms);
+    const char *option = type == RULE_STATUS ? "stream" : "key";
+    p->r = rule_make(p->c, type, (const char *[]){option, p->name, NULL});
+    conn_open(p->c);
+}
+
+/* Frees what priv_sink_open made and kills the server. */
+static void priv_sink_close(struct priv_sink *p)
+{
+    conn_done(p->c, p->r);
+    priv_kill();
+}
+
 START_TEST(test_retry_unreachable)
 {
     char url[64], err[512];
@@ -1006,18 +1046,13 @@ END_TEST
  * at once, open() RETRY. Restarted on the same port: open() + export work. */
 START_TEST(test_outage_and_recovery)
 {
-    char url[128], key[128], err[512];
+    char err[512];
     size_t acked;
-    ck_assert_msg(priv_dir[0] != '\0', "mkdtemp failed");
-    priv_port = free_port();
-    priv_start();
-    snprintf(url, sizeof url, "redis://:%s@127.0.0.1:%d/0", priv_password, priv_port);
-    unique_name(key, sizeof key, "outage");
-    struct connector *c = conn_make(url, "300", "500");
-    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"key", key, NULL});
-    conn_open(c);
+    struct priv_sink p;
+    priv_sink_open(&p, RULE_OUTBOUND, "outage", "300", "500");
+    struct connector *c = p.c;
     struct batch b;
-    batch_messages(&b, 30, r, 2, 1);
+    batch_messages(&b, 30, p.r, 2, 1);
     ck_assert_int_eq(export_batch(c, b.ptrs, 10, &acked, err, sizeof err), CONNECTOR_OK);
 
     ck_assert_int_eq(kill(priv_pid, SIGSTOP), 0);
@@ -1040,12 +1075,10 @@ START_TEST(test_outage_and_recovery)
     ck_assert_int_eq(export_batch(c, b.ptrs + 10, 20, &acked, err, sizeof err), CONNECTOR_OK);
     ck_assert_uint_eq(acked, 20);
     redisContext *rc = client_at("127.0.0.1", priv_port, priv_password);
-    ck_assert_int_eq(client_int(rc, (const char *[]){"XLEN", key, NULL}), 20);
+    ck_assert_int_eq(client_int(rc, (const char *[]){"XLEN", p.name, NULL}), 20);
     redisFree(rc);
     batch_free(&b);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
+    priv_sink_close(&p);
 }
 END_TEST
 
@@ -1055,25 +1088,19 @@ END_TEST
 START_TEST(test_send_timeout)
 {
     enum { BIG = 32 << 20 };
-    char url[128], key[128], err[512];
+    char err[512];
     size_t acked;
-    ck_assert_msg(priv_dir[0] != '\0', "mkdtemp failed");
-    priv_port = free_port();
-    priv_start();
-    snprintf(url, sizeof url, "redis://:%s@127.0.0.1:%d/0", priv_password, priv_port);
-    unique_name(key, sizeof key, "frozen-write");
-    struct connector *c = conn_make(url, "300", "500");
-    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"key", key, NULL});
-    conn_open(c);
+    struct priv_sink p;
+    priv_sink_open(&p, RULE_OUTBOUND, "frozen-write", "300", "500");
     struct batch b;
-    batch_messages(&b, 2, r, 1, 1);
+    batch_messages(&b, 2, p.r, 1, 1);
     uint8_t *big = calloc(1, BIG);
     ck_assert_ptr_nonnull(big);
     b.recs[1].payload = big;
     b.recs[1].payload_len = BIG;
     ck_assert_int_eq(kill(priv_pid, SIGSTOP), 0);
     double t0 = now_s();
-    ck_assert_int_eq(export_batch(c, b.ptrs, 2, &acked, err, sizeof err), CONNECTOR_RETRY);
+    ck_assert_int_eq(export_batch(p.c, b.ptrs, 2, &acked, err, sizeof err), CONNECTOR_RETRY);
     double took = now_s() - t0;
     ck_assert_uint_eq(acked, 0);
     ck_assert_msg(took >= 0.4 && took < 5.0, "RETRY after %.2f s", took);
@@ -1081,10 +1108,7 @@ START_TEST(test_send_timeout)
                   err);
     free(big);
     batch_free(&b);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
-    priv_kill();
+    priv_sink_close(&p);
 }
 END_TEST
 
@@ -1123,9 +1147,7 @@ START_TEST(test_auth_unix_noscript)
                                     "disconnect"};
     check_state(rc, "mqtt:presence:GID_u@@@x", &want, "GID_u@@@x");
     ck_assert_int_eq(client_int(rc, (const char *[]){"XLEN", stream, NULL}), 2);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
+    conn_done(c, r);
     redisFree(rc);
     priv_kill();
 }
@@ -1149,23 +1171,6 @@ static void *export_job_run(void *arg)
     return NULL;
 }
 
-/* The msgid fields of the entries [from, to) of stream key are those of
- * recs[0..to - from), in order. */
-static void assert_msgids(redisContext *rc, const char *key, size_t from, size_t to,
-                          const struct export_record *recs)
-{
-    redisReply *x = client_cmd(rc, (const char *[]){"XRANGE", key, "-", "+", NULL});
-    ck_assert_uint_ge(x->elements, to);
-    for (size_t j = from; j < to; j++) {
-        char msgid[17];
-        snprintf(msgid, sizeof msgid, "%016" PRIx64, recs[j - from].msg_id);
-        const redisReply *v = field_of(x->element[j]->element[1], "msgid");
-        ck_assert_msg(v != NULL && strcmp(v->str, msgid) == 0, "entry %zu: msgid %s, want %s", j,
-                      v ? v->str : "(none)", msgid);
-    }
-    freeReplyObject(x);
-}
-
 /* A batch of many chunks whose connection is killed (CLIENT KILL from
  * another connection) while it is being written: RETRY, and the acked
  * prefix is exact: the stream holds recs[0..m) in order with m >= acked
@@ -1175,18 +1180,14 @@ static void assert_msgids(redisContext *rc, const char *key, size_t from, size_t
 START_TEST(test_killed_mid_batch)
 {
     enum { N = 60000, KILL_AFTER = 2500 };
-    char url[128], key[128], err[512];
+    char err[512];
     size_t acked;
-    ck_assert_msg(priv_dir[0] != '\0', "mkdtemp failed");
-    priv_port = free_port();
-    priv_start();
-    snprintf(url, sizeof url, "redis://:%s@127.0.0.1:%d/0", priv_password, priv_port);
-    unique_name(key, sizeof key, "killed");
-    struct connector *c = conn_make(url, NULL, NULL);
-    struct rule *r = rule_make(c, RULE_OUTBOUND, (const char *[]){"key", key, NULL});
-    conn_open(c);
+    struct priv_sink p;
+    priv_sink_open(&p, RULE_OUTBOUND, "killed", NULL, NULL);
+    struct connector *c = p.c;
+    const char *key = p.name;
     struct batch b;
-    batch_messages(&b, N, r, 4, 1);
+    batch_messages(&b, N, p.r, 4, 1);
     redisContext *admin = client_at("127.0.0.1", priv_port, priv_password);
     struct export_job job = {.c = c, .recs = b.ptrs, .n = N};
     pthread_t th;
@@ -1225,10 +1226,7 @@ START_TEST(test_killed_mid_batch)
     assert_msgids(admin, key, (size_t)m, (size_t)m + N - from, b.recs + from);
     redisFree(admin);
     batch_free(&b);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
-    priv_kill();
+    priv_sink_close(&p);
 }
 END_TEST
 
@@ -1240,16 +1238,8 @@ END_TEST
 START_TEST(test_status_noscript_chunks)
 {
     enum { N = 2500, CLIENTS = 500 };
-    char url[128], stream[128], err[512];
-    size_t acked;
-    ck_assert_msg(priv_dir[0] != '\0', "mkdtemp failed");
-    priv_port = free_port();
-    priv_start();
-    snprintf(url, sizeof url, "redis://:%s@127.0.0.1:%d/0", priv_password, priv_port);
-    unique_name(stream, sizeof stream, "ev-chunks");
-    struct connector *c = conn_make(url, NULL, NULL);
-    struct rule *r = rule_make(c, RULE_STATUS, (const char *[]){"stream", stream, NULL});
-    conn_open(c);
+    struct priv_sink p;
+    priv_sink_open(&p, RULE_STATUS, "ev-chunks", NULL, NULL);
     struct status_rec *ev = calloc(N, sizeof *ev);
     struct export_record **ptrs = calloc(N, sizeof *ptrs);
     char(*client)[32] = calloc(CLIENTS, sizeof *client);
@@ -1261,15 +1251,17 @@ START_TEST(test_status_noscript_chunks)
     for (size_t i = 0; i < N; i++) {
         snprintf(chan[i], sizeof chan[i], "ch%zu", i);
         snprintf(seq[i], sizeof seq[i], "%zu", i + 1);
-        status_make(&ev[i], r, i + 1, client[i % CLIENTS], "connect", chan[i], seq[i],
+        status_make(&ev[i], p.r, i + 1, client[i % CLIENTS], "connect", chan[i], seq[i],
                     1000 + (int64_t)i);
         ptrs[i] = &ev[i].rec;
     }
     redisContext *admin = client_at("127.0.0.1", priv_port, priv_password);
     freeReplyObject(client_cmd(admin, (const char *[]){"SCRIPT", "FLUSH", NULL}));
-    ck_assert_int_eq(export_batch(c, ptrs, N, &acked, err, sizeof err), CONNECTOR_OK);
+    char err[512];
+    size_t acked;
+    ck_assert_int_eq(export_batch(p.c, ptrs, N, &acked, err, sizeof err), CONNECTOR_OK);
     ck_assert_uint_eq(acked, N);
-    ck_assert_int_eq(client_int(admin, (const char *[]){"XLEN", stream, NULL}), N);
+    ck_assert_int_eq(client_int(admin, (const char *[]){"XLEN", p.name, NULL}), N);
     for (size_t k = 0; k < CLIENTS; k++) {
         size_t last = N - CLIENTS + k; /* the client's last event */
         char hash[64];
@@ -1284,10 +1276,7 @@ START_TEST(test_status_noscript_chunks)
     free(client);
     free(chan);
     free(seq);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
-    priv_kill();
+    priv_sink_close(&p);
 }
 END_TEST
 
@@ -1327,9 +1316,7 @@ START_TEST(test_throughput)
     freeReplyObject(client_cmd(rc, (const char *[]){"DEL", key, NULL}));
     redisFree(rc);
     batch_free(&b);
-    ops->close(c);
-    rule_free(c, r);
-    ops->destroy(c);
+    conn_done(c, r);
 }
 END_TEST
 

@@ -249,6 +249,16 @@ static void db_exec(sqlite3 *db, const char *sql)
                   msg ? msg : "");
 }
 
+/* A new database at path with the owner's tables `sql` makes; the caller
+ * closes the connection. */
+static sqlite3 *db_create(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    db_exec(db, sql);
+    return db;
+}
+
 static char *path_in(const char *name)
 {
     static char p[512];
@@ -391,6 +401,17 @@ static void rule_free(struct connector *c, struct rule *r)
 {
     rule_done(c, r);
     free(r);
+}
+
+/* An outbound rule (named after the table) into the owner's table `table`
+ * (create_table: false), with custom columns cols (NULL: the default
+ * mapping); rule_done() frees it. */
+static void owner_rule(struct connector *c, struct rule *r, const char *table,
+                       const struct item *cols)
+{
+    struct item items[] = {{"table", table}, {"create_table", "false"}, {NULL, NULL}};
+    rule_init(r, table, RULE_OUTBOUND, map_build(items, cols));
+    rule_compile_ok(c, r);
 }
 
 /* Every row equals the message it came from, in export order. */
@@ -649,16 +670,12 @@ END_TEST
 START_TEST(test_reject_bad_row)
 {
     const char *path = path_in("strict.db");
-    sqlite3 *db = NULL;
-    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
-    db_exec(db,
-            "CREATE TABLE strict_t (msg_id TEXT PRIMARY KEY, device TEXT, temp INTEGER) STRICT");
+    sqlite3 *db = db_create(
+        path, "CREATE TABLE strict_t (msg_id TEXT PRIMARY KEY, device TEXT, temp INTEGER) STRICT");
     struct connector *c = sink_open(path);
     struct rule r;
-    struct item items[] = {{"table", "strict_t"}, {"create_table", "false"}, {NULL, NULL}};
     struct item cols[] = {{"device", "${device}"}, {"temp", "${payload.temp}"}, {NULL, NULL}};
-    rule_init(&r, "strict", RULE_OUTBOUND, map_build(items, cols));
-    rule_compile_ok(c, &r);
+    owner_rule(c, &r, "strict_t", cols);
     struct msg m[5];
     static const char *const temps[] = {"1", "2", "\"abc\"", "4", "5"};
     for (unsigned i = 0; i < 5; i++) {
@@ -687,11 +704,9 @@ END_TEST
 START_TEST(test_reject_status_event)
 {
     const char *path = path_in("evcheck.db");
-    sqlite3 *db = NULL;
-    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
-    db_exec(db, "CREATE TABLE ev (seq INTEGER PRIMARY KEY, client_id TEXT, event_type TEXT "
-                "CHECK (event_type <> 'tcpclean'), channel_id TEXT, client_ip TEXT, "
-                "time_ms INTEGER, body TEXT)");
+    sqlite3 *db = db_create(path, "CREATE TABLE ev (seq INTEGER PRIMARY KEY, client_id TEXT, "
+                                  "event_type TEXT CHECK (event_type <> 'tcpclean'), channel_id "
+                                  "TEXT, client_ip TEXT, time_ms INTEGER, body TEXT)");
     struct connector *c = sink_open(path);
     struct rule r;
     struct item items[] = {{"table", "state"}, {"events_table", "ev"}, {NULL, NULL}};
@@ -948,18 +963,14 @@ START_TEST(test_reject_in_group)
     size_t bad = refused_at[_i];
     char sql[512];
     const char *path = path_in("check.db");
-    sqlite3 *db = NULL;
-    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
     snprintf(sql, sizeof sql,
              "CREATE TABLE chk (msg_id TEXT PRIMARY KEY, topic TEXT, client_id TEXT, qos INTEGER, "
              "payload BLOB, time_ms INTEGER CHECK (time_ms <> %" PRId64 "))",
              (int64_t)1700000000000 + (int64_t)bad);
-    db_exec(db, sql);
+    sqlite3 *db = db_create(path, sql);
     struct connector *c = sink_open(path);
-    struct item items[] = {{"table", "chk"}, {"create_table", "false"}, {NULL, NULL}};
     struct rule r;
-    rule_init(&r, "chk", RULE_OUTBOUND, map_build(items, NULL));
-    rule_compile_ok(c, &r);
+    owner_rule(c, &r, "chk", NULL);
     struct msg *m = msgs_new(&r, N, 0);
 
     const char *err = export_msgs(c, m, N, CONNECTOR_REJECT, bad);
@@ -989,20 +1000,16 @@ START_TEST(test_reject_owner_conflict_clauses)
 {
     enum { N = 200 };
     const char *path = path_in("fail.db");
-    sqlite3 *db = NULL;
-    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
-    db_exec(db, "CREATE TABLE f (msg_id TEXT PRIMARY KEY, tag TEXT UNIQUE ON CONFLICT FAIL)");
-    db_exec(db, "CREATE TABLE ig (msg_id TEXT PRIMARY KEY, tag TEXT UNIQUE ON CONFLICT IGNORE)");
+    sqlite3 *db =
+        db_create(path, "CREATE TABLE f (msg_id TEXT PRIMARY KEY, tag TEXT UNIQUE ON CONFLICT "
+                        "FAIL); CREATE TABLE ig (msg_id TEXT PRIMARY KEY, tag TEXT UNIQUE ON "
+                        "CONFLICT IGNORE)");
     struct connector *c = sink_open(path);
     /* tag t<i>: unique, except that record 150 repeats record 10's. */
     const struct item cols[] = {{"tag", "${payload.tag}"}, {NULL, NULL}};
-    struct item fitems[] = {{"table", "f"}, {"create_table", "false"}, {NULL, NULL}};
-    struct item iitems[] = {{"table", "ig"}, {"create_table", "false"}, {NULL, NULL}};
     struct rule rf, ri;
-    rule_init(&rf, "f", RULE_OUTBOUND, map_build(fitems, cols));
-    rule_init(&ri, "ig", RULE_OUTBOUND, map_build(iitems, cols));
-    rule_compile_ok(c, &rf);
-    rule_compile_ok(c, &ri);
+    owner_rule(c, &rf, "f", cols);
+    owner_rule(c, &ri, "ig", cols);
     struct msg *m = msgs_new(&rf, N, 0);
     for (unsigned i = 0; i < N; i++) {
         char json[64];
