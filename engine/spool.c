@@ -92,10 +92,11 @@
 
 #include "../common/log.h"
 
-#define SEG_MAX ((uint64_t)64 << 20)    /* default: start a new segment past this */
-#define PENDING_FLUSH ((size_t)8 << 20) /* write early past this */
-#define PENDING_MAX ((size_t)256 << 20) /* refuse puts past this (writes failing) */
-#define READ_CHUNK ((size_t)256 << 10)  /* one pread */
+#define SEG_MAX ((uint64_t)64 << 20)      /* default: start a new segment past this */
+#define PENDING_FLUSH ((size_t)8 << 20)   /* write early past this */
+#define PENDING_MAX ((size_t)256 << 20)   /* refuse puts past this (writes failing) */
+#define READ_CHUNK ((size_t)256 << 10)    /* one pread */
+#define SCAN_BUDGET ((uint64_t)256 << 20) /* bytes a recovery scan may look at */
 #define REC_HDR 64u
 #define REC_MAX ((uint32_t)1 << 30) /* no record is longer */
 #define REC_STRINGS 6               /* rule + the record's 5 strings */
@@ -520,10 +521,13 @@ static int seg_new(struct spool *sp, struct clog *lg, uint64_t first)
         log_error("spool: connector '%s': out of memory", lg->name);
         return -1;
     }
-    struct segment s = {.id = first, .first = first, .last = first, .fd = -1};
+    uint64_t id = first;
+    if (lg->nseg && lg->segs[lg->nseg - 1].id >= id)
+        id = lg->segs[lg->nseg - 1].id + 1; /* names stay sorted */
+    struct segment s = {.id = id, .first = first, .last = first, .fd = -1};
     if (sp->root) {
         char name[NAME_LEN];
-        seg_name(name, first);
+        seg_name(name, id);
         s.fd = openat(lg->dirfd, name, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
         if (s.fd < 0) {
             log_error("spool: cannot create %s/%s: %s", lg->path, name, strerror(errno));
@@ -819,7 +823,7 @@ static void state_read(struct spool *sp, struct clog *lg)
         rc[k] = state_parse(sp, lg, k, &counter[k], &acked[k], &holes[k], &nholes[k]);
     int best = -1;
     for (int k = 0; k < 2; k++)
-        if (rc[k] == 1 && (best < 0 || counter[k] > counter[best]))
+        if (rc[k] == 1 && (best < 0 || (int64_t)(counter[k] - counter[best]) > 0))
             best = k;
     if (best >= 0) {
         lg->state_counter = counter[best];
@@ -894,12 +898,14 @@ static int seg_list(struct clog *lg)
 }
 
 /* Whether a valid record with a seqno above after starts anywhere in
- * segment i from offset from on. 1, 0, or -1 on an I/O error. */
+ * segment i from offset from on. 1 (also when SCAN_BUDGET ran out before
+ * an answer), 0, or -1 on an I/O error. */
 static int valid_record_after(struct spool *sp, struct clog *lg, size_t i, uint64_t from,
                               uint64_t after)
 {
     uint64_t size = lg->segs[i].size;
     uint64_t p = from;
+    uint64_t spent = 0;
     while (p + REC_HDR <= size) {
         size_t n = size - p < READ_CHUNK ? (size_t)(size - p) : READ_CHUNK;
         const uint8_t *w = seg_bytes(sp, lg, i, p, n);
@@ -920,6 +926,16 @@ static int valid_record_after(struct spool *sp, struct clog *lg, size_t i, uint6
             continue;
         }
         uint64_t at = p + (uint64_t)(hit - w);
+        /* Payloads may hold "MQS1" and header-like bytes: each candidate
+         * costs a read window and a CRC over its claimed length. Past the
+         * budget, answer "maybe": the caller then sets the rest aside
+         * (kept, with an error) instead of truncating it. */
+        uint64_t claimed = (uint64_t)(w + n - hit) >= 12 ? get32(hit + 8) : 0;
+        if (claimed > size - at)
+            claimed = size - at;
+        spent += claimed > READ_CHUNK ? claimed : READ_CHUNK;
+        if (spent > SCAN_BUDGET)
+            return 1;
         const uint8_t *rec;
         uint32_t len;
         uint64_t seqno;
@@ -1465,7 +1481,7 @@ int spool_delete_range(struct spool *sp, const char *connector, uint64_t first, 
  * first record is <= from. */
 static void cursor_seek(const struct clog *lg, struct cursor *c, uint64_t from)
 {
-    if (from >= c->lo && c->seg <= lg->nseg &&
+    if (from >= c->lo && c->seg < lg->nseg &&
         (c->seg + 1 >= lg->nseg || from < lg->segs[c->seg + 1].first))
         return;
     size_t lo = 0, hi = lg->nseg;
@@ -1626,7 +1642,7 @@ int spool_load(struct spool *sp, const char *connector, uint64_t from, unsigned 
         }
         if (seqno < from || !is_live(lg, seqno)) {
             c->off += len;
-            c->lo = seqno + 1;
+            c->lo = seqno == UINT64_MAX ? UINT64_MAX : seqno + 1;
             continue;
         }
         const uint8_t *p;
@@ -1653,7 +1669,7 @@ int spool_load(struct spool *sp, const char *connector, uint64_t from, unsigned 
             break;
         }
         c->off += len;
-        c->lo = seqno + 1;
+        c->lo = seqno == UINT64_MAX ? UINT64_MAX : seqno + 1;
         n++;
         if (fn(ctx, rec, rule_name, generation) != 0) {
             ret = -1;

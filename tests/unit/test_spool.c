@@ -1272,6 +1272,36 @@ END_TEST
 
 static const unsigned stop_at[] = {1, 2, 5};
 
+/* Found by fuzz_spool: the segment holding the read cursor is unlinked
+ * (all its records deleted) while an earlier one with room survives; the
+ * next record goes to that earlier segment, behind the cursor, and must
+ * still be loaded, also after a restart. */
+START_TEST(test_cursor_survives_its_segment)
+{
+    struct spool *sp = open_small(4 * 71 + 70); /* 4 records, then room for 70 bytes */
+    struct text t;
+    put_range(sp, "k", 1, 4);
+    ck_assert_int_eq(spool_commit(sp), 0);
+    put_range(sp, "k", 5, 8);
+    ck_assert_int_eq(spool_commit(sp), 0);
+    ck_assert_str_eq(load_all(sp, "k", &t, true), "1 2 3 4 5 6 7 8 ");
+    ck_assert_int_eq(spool_delete_range(sp, "k", 5, 8), 0);
+    ck_assert_int_eq(spool_commit(sp), 0);     /* the second segment goes */
+    struct export_record rec = msg_rec(9, ""); /* 70 bytes: fits in the first */
+    ck_assert_int_eq(spool_put(sp, "k", &rec, "r", 1), 0);
+    ck_assert_int_eq(spool_commit(sp), 0);
+    ck_assert_str_eq(load_page(sp, "k", 9, 10, &t), "9 ");
+    ck_assert_str_eq(load_all(sp, "k", &t, true), "1 2 3 4 9 ");
+    put_range(sp, "k", 10, 12); /* a new segment, named after the first */
+    ck_assert_int_eq(spool_commit(sp), 0);
+    spool_close(sp);
+    sp = open_ok();
+    ck_assert_str_eq(load_all(sp, "k", &t, true), "1 2 3 4 9 10 11 12 ");
+    range_expect(sp, "k", 8, 1, 12);
+    spool_close(sp);
+}
+END_TEST
+
 START_TEST(test_load_abort)
 {
     struct spool *sp = open_ok();
@@ -1852,6 +1882,7 @@ static Suite *spool_suite(void)
     tcase_add_test(tc, test_seqnos_must_grow_across_segments);
     tcase_add_test(tc, test_state_copies);
     tcase_add_test(tc, test_load_in_pages_jumps_and_pending);
+    tcase_add_test(tc, test_cursor_survives_its_segment);
     tcase_add_loop_test(tc, test_load_abort, 0, sizeof stop_at / sizeof stop_at[0]);
     tcase_add_test(tc, test_load_callback_may_write);
     tcase_add_test(tc, test_memory_mode);
