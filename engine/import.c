@@ -1,9 +1,14 @@
 /* The importer (see import.h). Thread side: fetch, hand over, wait until
  * the batch (or, when stopping or failing, a prefix of it) is committed,
- * acknowledge once. Loop side: validate, broker_inject with flow control,
- * stop at the first record a receiver has no room for and offer it again
- * when the broker signals room; note in on_flush how far the store has
- * committed. One mutex per importer thread guards its hand-over state. */
+ * acknowledge once. A source that allows it is read one batch ahead: the
+ * thread fetches batch N+1 while the loop delivers batch N and queues it
+ * behind N; the loop goes on with N+1 as soon as N is all handled, while
+ * the thread waits for N's commit and acknowledges N (two batches at most,
+ * acknowledged in order). Loop side: validate, broker_inject with flow
+ * control, stop at the first record a receiver has no room for and offer
+ * it again when the broker signals room; note in on_flush how far the
+ * store has committed. One mutex per importer thread guards its hand-over
+ * state. */
 #include "import.h"
 
 #include <inttypes.h>
@@ -11,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/kv.h"
 #include "../common/log.h"
 
 #define FETCH_TIMEOUT_MS 500
@@ -36,6 +42,15 @@ struct import_stats {
     int64_t lag;
 };
 
+/* A batch handed to the loop. */
+struct slot {
+    struct import_record **recs;
+    size_t n;
+    size_t next;      /* loop: recs[0, next) handled (published or skipped) */
+    size_t committed; /* recs[0, committed) is in a committed store iteration */
+    bool counted;     /* the batch is in st.received */
+};
+
 /* One inbound rule's thread and its hand-over with the loop. */
 struct feeder {
     struct importer *im;
@@ -44,21 +59,23 @@ struct feeder {
     struct connector *impl;
     uv_thread_t thread;
     bool started;
+    bool ahead; /* the source is read one batch ahead (feeder_reads_ahead) */
 
     uv_mutex_t lock; /* guards everything below */
     uv_cond_t cond;
-    struct import_record **batch; /* handed to the loop; NULL when none */
-    size_t batch_n;
-    size_t next;      /* loop: batch[0, next) handled (published or skipped) */
-    size_t committed; /* batch[0, committed) is in a committed store iteration */
-    bool counted;     /* the batch is in st.received */
-    bool failed;      /* the loop cannot go on with the batch (out of memory) */
+    /* The batches handed to the loop, in source order: the loop delivers
+     * q[1] only once q[0] is all handled; the thread takes q[0] out once it
+     * is all committed, and acknowledges it. Two at most. */
+    struct slot q[2];
+    unsigned q_len;
+    bool failed; /* the loop cannot go on with the batches (out of memory) */
     bool stop;
     bool exited; /* the thread is done with this struct */
     struct import_stats st;
     /* Waiting for room (loop side, under the lock too for the stats). A
-     * wait starts when a record is refused and ends when the batch is all
-     * handed over (records may trickle meanwhile, one per freed slot). */
+     * wait starts when a record is refused and ends when the queued
+     * batches are all handed over (records may trickle meanwhile, one per
+     * freed slot). */
     bool blocked;
     bool stalled;           /* a stall warning was logged for this wait */
     uint64_t blocked_since; /* uv_now */
@@ -91,6 +108,34 @@ struct importer {
     uv_async_t async;
     bool async_inited;
 };
+
+/* Sources read one batch ahead: the fetch of batch N+1 may come before the
+ * acknowledgement of batch N (acknowledgements stay in order, one per
+ * batch).
+ * - Kafka: offsets are positions; committing N's after fetching N+1 is what
+ *   committing them before would have been.
+ * - Redis: XREADGROUP hands N+1 out while N is pending; XACK takes ids.
+ *   Pub/Sub has nothing to acknowledge.
+ * Not PostgreSQL: a batch is one transaction holding its rows' locks,
+ * committed by its acknowledgement, so the next fetch waits for it.
+ * Not with a dead-letter target (`unless`): the connector keeps the
+ * originals of the last fetch only, to copy the skipped records of the
+ * batch it acknowledges; a fetch ahead would lose them. */
+static const struct {
+    const char *type;   /* connector_ops.type */
+    const char *unless; /* a rule source option that turns it off */
+} read_ahead[] = {
+    {"kafka", "dead_letter_topic"},
+    {"redis", "dead_letter_stream"},
+};
+
+static bool feeder_reads_ahead(const struct rule *r, const struct connector_ops *ops)
+{
+    for (size_t i = 0; i < sizeof read_ahead / sizeof read_ahead[0]; i++)
+        if (strcmp(ops->type, read_ahead[i].type) == 0)
+            return kv_find(r->options, read_ahead[i].unless) == NULL;
+    return false;
+}
 
 /* ---- loop side ---- */
 
@@ -150,7 +195,8 @@ skip:
     return 0;
 }
 
-/* The batch is handed over (or the rule stops): the wait ends; lock held. */
+/* The batches are handed over (or taken back, or the rule stops): the wait
+ * ends; lock held. */
 static void feeder_unblock(struct feeder *f, uint64_t now)
 {
     if (!f->blocked)
@@ -163,44 +209,55 @@ static void feeder_unblock(struct feeder *f, uint64_t now)
     f->stalled = false;
 }
 
-/* Publish the handed batch from f->next on, until a receiver has no room;
- * lock held. */
+/* A record was refused for want of room; lock held. A wait starts, or goes
+ * on (made progress when went records went through since the last try). */
+static void feeder_refused(struct feeder *f, uint64_t now, size_t went)
+{
+    if (!f->blocked) {
+        f->blocked = true;
+        f->blocked_since = f->progress_at = now;
+        f->warn_at = now + STALL_WARN_MS;
+        f->st.waits++;
+        log_debug("inbound rule %s: waiting for room: %s", f->rule->name, f->blocker);
+    } else if (went > 0) {
+        if (f->stalled)
+            log_notice("inbound rule %s: records go on after %" PRIu64 " s without room",
+                       f->rule->name, (now - f->progress_at) / 1000);
+        f->stalled = false;
+        f->progress_at = now;
+        f->warn_at = now + STALL_WARN_MS;
+    }
+    f->blocked_gen = broker_room_gen(f->im->broker);
+    f->retry_at = now + RETRY_MS;
+}
+
+/* Publish the queued batches in order, from where the loop stopped, until
+ * a receiver has no room; lock held. */
 static void feeder_pump(struct feeder *f)
 {
-    if (f->stop || f->failed || !f->batch || f->next >= f->batch_n)
+    if (f->stop || f->failed)
         return;
-    if (!f->counted) {
-        f->st.received += f->batch_n;
-        f->counted = true;
-    }
     uint64_t now = uv_now(f->im->loop);
-    size_t from = f->next;
-    while (f->next < f->batch_n) {
-        int rc = import_one(f, f->batch[f->next]);
-        if (rc < 0) {
-            f->failed = true;
-            break;
+    size_t went = 0; /* records handled in this call */
+    for (unsigned i = 0; i < f->q_len; i++) {
+        struct slot *s = &f->q[i];
+        if (s->next < s->n && !s->counted) {
+            f->st.received += s->n;
+            s->counted = true;
         }
-        if (rc > 0) {
-            if (!f->blocked) {
-                f->blocked = true;
-                f->blocked_since = f->progress_at = now;
-                f->warn_at = now + STALL_WARN_MS;
-                f->st.waits++;
-                log_debug("inbound rule %s: waiting for room: %s", f->rule->name, f->blocker);
-            } else if (f->next > from) {
-                if (f->stalled)
-                    log_notice("inbound rule %s: records go on after %" PRIu64 " s without room",
-                               f->rule->name, (now - f->progress_at) / 1000);
-                f->stalled = false;
-                f->progress_at = now;
-                f->warn_at = now + STALL_WARN_MS;
+        for (; s->next < s->n; s->next++, went++) {
+            int rc = import_one(f, s->recs[s->next]);
+            if (rc > 0) {
+                feeder_refused(f, now, went);
+                return;
             }
-            f->blocked_gen = broker_room_gen(f->im->broker);
-            f->retry_at = now + RETRY_MS;
-            return;
+            if (rc < 0) {
+                f->failed = true; /* the thread takes the batches back */
+                break;
+            }
         }
-        f->next++;
+        if (f->failed)
+            break;
     }
     feeder_unblock(f, now);
 }
@@ -265,6 +322,8 @@ static void on_import_async(uv_async_t *a)
     for (unsigned i = 0; i < g->count; i++) {
         struct feeder *f = &g->feeders[i];
         uv_mutex_lock(&f->lock);
+        if (f->q_len == 0)
+            feeder_unblock(f, uv_now(im->loop)); /* its thread took the batches back */
         feeder_pump(f);
         uv_mutex_unlock(&f->lock);
     }
@@ -280,11 +339,14 @@ void importer_on_flush(struct importer *im)
     for (unsigned i = 0; i < g->count; i++) {
         struct feeder *f = &g->feeders[i];
         uv_mutex_lock(&f->lock);
-        if (f->batch && (f->committed < f->next || f->failed)) {
+        bool moved = false;
+        for (unsigned k = 0; k < f->q_len; k++) {
             /* what the loop handled so far is in the store's commit */
-            f->committed = f->next;
-            uv_cond_signal(&f->cond);
+            moved |= f->q[k].committed < f->q[k].next;
+            f->q[k].committed = f->q[k].next;
         }
+        if (moved || (f->q_len && f->failed))
+            uv_cond_signal(&f->cond);
         if (f->blocked && !f->stop) {
             retry |= gen != f->blocked_gen || now >= f->retry_at;
             if (now >= f->warn_at) {
@@ -320,7 +382,8 @@ static bool feeder_open(struct feeder *f, struct source **src, uint64_t *backoff
         if (f->ops->source_open(f->impl, f->rule, src, err, sizeof err) == 0) {
             /* the backoff goes back to its start after a good fetch only: a
              * source that opens but fails every fetch is not hammered */
-            log_notice("inbound rule %s: reading from %s", f->rule->name, f->rule->connector);
+            log_notice("inbound rule %s: reading from %s%s", f->rule->name, f->rule->connector,
+                       f->ahead ? " (one batch ahead)" : "");
             return true;
         }
         log_warn("inbound rule %s: cannot open the source (retrying in %" PRIu64 " ms): %s",
@@ -352,34 +415,127 @@ static void feeder_update_lag(struct feeder *f, struct source *src, uint64_t *la
     uv_mutex_unlock(&f->lock);
 }
 
-/* Hand the batch to the loop and wait until all of it is committed, or
- * the loop failed, or the rule stops. Returns how many records from the
- * start are committed (published or skipped): the ones to acknowledge. */
-static size_t feeder_hand_over(struct feeder *f, struct source *src, struct import_record **recs,
-                               size_t n, uint64_t *last_lag)
+/* Whether the rule is stopping (the loop sets it). */
+static bool feeder_stopping(struct feeder *f)
 {
     uv_mutex_lock(&f->lock);
-    f->batch = recs;
-    f->batch_n = n;
-    f->next = f->committed = 0;
-    f->counted = f->failed = false;
+    bool stop = f->stop;
+    uv_mutex_unlock(&f->lock);
+    return stop;
+}
+
+/* A batch the thread holds, from its fetch to its acknowledgement. */
+struct held {
+    struct import_record **recs; /* batch_max slots */
+    size_t n;                    /* records in it; 0: none */
+};
+
+static void held_clear(struct held *h)
+{
+    for (size_t i = 0; i < h->n; i++)
+        import_record_free(h->recs[i]);
+    h->n = 0;
+}
+
+/* Queue h for the loop after the batches it has: the loop delivers it
+ * once those are all handled. The thread keeps h's records until it has
+ * acknowledged them (or taken them back). */
+static void feeder_hand(struct feeder *f, const struct held *h)
+{
+    uv_mutex_lock(&f->lock);
+    if (f->q_len == 0)
+        f->failed = false;
+    f->q[f->q_len++] = (struct slot){.recs = h->recs, .n = h->n};
     uv_mutex_unlock(&f->lock);
     uv_async_send(&f->im->async);
+}
+
+/* Take every batch back from the loop: it publishes nothing more of them
+ * (and ends a wait for room). Returns how many records of the second one
+ * the loop had handled. */
+static size_t feeder_take_back(struct feeder *f)
+{
     uv_mutex_lock(&f->lock);
-    while (!f->stop && f->committed < n && !(f->failed && f->committed == f->next)) {
+    size_t second = f->q_len > 1 ? f->q[1].next : 0;
+    f->q_len = 0;
+    f->failed = false;
+    uv_mutex_unlock(&f->lock);
+    uv_async_send(&f->im->async);
+    return second;
+}
+
+/* Wait until the loop's first batch is all committed, or the loop failed
+ * (and what it handled of that batch is committed), or the rule stops.
+ * Returns how many records from its start are committed (published or
+ * skipped): the ones to acknowledge. When that is all of it, the batch is
+ * taken out of the loop's queue (the next one, if any, goes on). */
+static size_t feeder_wait_first(struct feeder *f, struct source *src, uint64_t *last_lag)
+{
+    uv_mutex_lock(&f->lock);
+    struct slot *s = &f->q[0];
+    while (!f->stop && s->committed < s->n && !(f->failed && s->committed == s->next)) {
         /* a long wait (a slow subscriber) keeps the lag counter fresh */
         uv_cond_timedwait(&f->cond, &f->lock, (uint64_t)LAG_EVERY_MS * 1000000u);
-        if (f->stop || f->committed == n || (f->failed && f->committed == f->next))
+        if (f->stop || s->committed == s->n || (f->failed && s->committed == s->next))
             break;
         uv_mutex_unlock(&f->lock);
         feeder_update_lag(f, src, last_lag, true);
         uv_mutex_lock(&f->lock);
     }
-    size_t done = f->committed;
-    f->batch = NULL;
-    f->batch_n = f->next = f->committed = 0;
+    size_t done = s->committed;
+    if (done == s->n) {
+        f->q[0] = f->q[1];
+        f->q_len--;
+    }
     uv_mutex_unlock(&f->lock);
     return done;
+}
+
+/* Acknowledge h->recs[0, done) at the source. false when that failed: they
+ * are counted and come again. */
+static bool feeder_ack(struct feeder *f, struct source *src, const struct held *h, size_t done)
+{
+    char err[256];
+    if (done == 0 || f->ops->source_ack(src, h->recs, done, err, sizeof err) == CONNECTOR_OK)
+        return true;
+    log_warn("inbound rule %s: %zu records not acknowledged (they come again): %s", f->rule->name,
+             done, err);
+    uv_mutex_lock(&f->lock);
+    f->st.ack_failed += done;
+    uv_mutex_unlock(&f->lock);
+    return false;
+}
+
+/* Finish the loop's first batch (first; next: the one queued after it, or
+ * NULL or empty): wait until it is committed and acknowledge it, all of it
+ * or, when stopping or failing, its committed prefix, once; free it. The
+ * loop goes on with next meanwhile. Returns false when the source must be
+ * reopened: first could not be all published (the loop failed), or its
+ * acknowledgement failed. *kept: next is still in the loop (first was all
+ * committed and acknowledged); else it was taken back and must not be
+ * acknowledged (what it published comes again: repeats, never a skip). */
+static bool feeder_settle(struct feeder *f, struct source *src, struct held *first,
+                          const struct held *next, uint64_t *last_lag, bool *kept)
+{
+    size_t n = first->n, done = feeder_wait_first(f, src, last_lag), sent = 0;
+    bool stop = feeder_stopping(f);
+    if (done < n)
+        sent = feeder_take_back(f);
+    bool ok = feeder_ack(f, src, first, done);
+    if (ok && done < n && !stop) {
+        log_warn("inbound rule %s: %zu of %zu records not published (they come again)",
+                 f->rule->name, n - done, n);
+        ok = false;
+    }
+    if (!ok && done == n)
+        sent = feeder_take_back(f);
+    *kept = ok && done == n;
+    if (!ok && next && next->n)
+        log_warn("inbound rule %s: the next batch is dropped from memory after %zu of its %zu "
+                 "records (they come again with the unacknowledged ones)",
+                 f->rule->name, sent, next->n);
+    held_clear(first);
+    return ok;
 }
 
 static void feeder_main(void *arg)
@@ -387,42 +543,52 @@ static void feeder_main(void *arg)
     struct feeder *f = arg;
     struct importer *im = f->im;
     size_t max = im->settings.batch_max;
-    struct import_record **recs = calloc(max, sizeof *recs);
+    struct held b[2] = {{calloc(max, sizeof(struct import_record *)), 0},
+                        {calloc(max, sizeof(struct import_record *)), 0}};
+    /* first: the loop's first batch (n > 0) or none; then: the one fetched
+     * after it, queued behind it in the loop, or none */
+    struct held *first = &b[0], *then = &b[1];
     struct source *src = NULL;
     uint64_t backoff = im->settings.retry_initial_ms, last_lag = 0;
     char err[256];
-    while (recs && !f->stop) {
+    bool kept;
+    if (!b[0].recs || !b[1].recs)
+        log_error("inbound rule %s: out of memory, the rule does not run", f->rule->name);
+    while (b[0].recs && b[1].recs && !feeder_stopping(f)) {
         if (!src && !feeder_open(f, &src, &backoff))
             break;
-        size_t n = 0, done = 0;
-        int rc = f->ops->source_fetch(src, recs, max, &n, FETCH_TIMEOUT_MS, err, sizeof err);
+        /* Ahead of a batch in the loop, only what the source has at hand:
+         * waiting for more would hold back that batch's acknowledgement. */
+        struct held *into = first->n ? then : first;
+        int rc = f->ops->source_fetch(src, into->recs, max, &into->n,
+                                      first->n ? 0 : FETCH_TIMEOUT_MS, err, sizeof err);
         bool ok = rc == CONNECTOR_OK;
         if (!ok)
             log_warn("inbound rule %s: fetch failed: %s", f->rule->name, err);
-        if (ok && n) {
-            /* One acknowledgement per fetch (a PostgreSQL source commits
-             * its transaction with it): all of the batch, or the committed
-             * prefix when stopping or failing; the rest is read again. */
-            done = feeder_hand_over(f, src, recs, n, &last_lag);
-            if (done && f->ops->source_ack(src, recs, done, err, sizeof err) != CONNECTOR_OK) {
-                log_warn("inbound rule %s: %zu records not acknowledged (they come again): %s",
-                         f->rule->name, done, err);
-                uv_mutex_lock(&f->lock);
-                f->st.ack_failed += done;
-                uv_mutex_unlock(&f->lock);
-                ok = false;
-            } else if (done < n && !f->stop) {
-                log_warn("inbound rule %s: %zu of %zu records not published (they come again)",
-                         f->rule->name, n - done, n);
-                ok = false;
+        if (ok && into->n && !feeder_stopping(f))
+            feeder_hand(f, into);
+        else
+            held_clear(into);
+        /* One acknowledgement per fetch, in order. A source read ahead
+         * acknowledges the loop's first batch after fetching the next one;
+         * the others (a PostgreSQL source commits its transaction with the
+         * acknowledgement) before the next fetch. A failed fetch does not
+         * keep the batch in the loop from being acknowledged. */
+        if (first->n && (into == then || !f->ahead)) {
+            ok &= feeder_settle(f, src, first, then, &last_lag, &kept);
+            if (kept) {
+                struct held *t = first;
+                first = then;
+                then = t;
+            } else {
+                held_clear(then); /* taken back: the source has it again */
             }
         }
-        for (size_t i = 0; i < n; i++)
-            import_record_free(recs[i]);
         if (ok) {
             backoff = im->settings.retry_initial_ms;
-        } else if (!f->stop) {
-            /* a new reader gets what was not acknowledged again, after the
+        } else if (!feeder_stopping(f)) {
+            /* nothing is in the loop now (settled or taken back); a new
+             * reader gets what was not acknowledged again, after the
              * backoff */
             f->ops->source_close(src);
             src = NULL;
@@ -435,11 +601,19 @@ static void feeder_main(void *arg)
             const struct export_settings *set = &im->settings;
             backoff = backoff * 2 > set->retry_max_ms ? set->retry_max_ms : backoff * 2;
         }
-        feeder_update_lag(f, src, &last_lag, false);
+        feeder_update_lag(f, src, &last_lag, first->n > 0);
     }
+    /* Stopping: the committed prefix of what is in the loop is
+     * acknowledged, in order; the rest is read again at the next start. */
+    if (first->n && feeder_settle(f, src, first, then, &last_lag, &kept) && kept && then->n)
+        feeder_settle(f, src, then, NULL, &last_lag, &kept);
+    feeder_take_back(f);
+    held_clear(first);
+    held_clear(then);
     if (src)
         f->ops->source_close(src);
-    free(recs);
+    free(b[0].recs);
+    free(b[1].recs);
     uv_mutex_lock(&f->lock);
     f->exited = true;
     uv_mutex_unlock(&f->lock);
@@ -508,6 +682,7 @@ static struct generation *generation_new(struct importer *im, const struct gener
             memset(f, 0, sizeof *f);
             continue;
         }
+        f->ahead = feeder_reads_ahead(r, f->ops);
         uv_mutex_init(&f->lock);
         uv_cond_init(&f->cond);
         feeder_inherit(f, old);

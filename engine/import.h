@@ -14,11 +14,17 @@
  * never acknowledges stalls its rule, which is counted (waits, blocked_ms)
  * and logged naming the client. Once the broker's store has committed the
  * whole batch (the on_flush hook), the thread acknowledges it at the
- * source, once (Kafka offsets commit, Redis XACK, outbox rows deleted) and
- * fetches the next one. A crash before the acknowledgement means the
- * source delivers the batch again: at least once, never a skip. The thread
- * reconnects with backoff while the source is down; the broker serves MQTT
- * meanwhile. See docs/ARCHITECTURE.md, "Import". */
+ * source, once (Kafka offsets commit, Redis XACK, outbox rows deleted).
+ * Kafka and Redis sources (without a dead-letter target) are read one
+ * batch ahead: the thread fetches batch N+1 while the loop delivers N and
+ * queues it behind N; the loop goes on with N+1 as soon as N is all
+ * handled, while the thread acknowledges N once it is committed (two
+ * batches at most, acknowledged in order); a PostgreSQL source fetches the
+ * next batch only after the acknowledgement. A crash
+ * before the acknowledgement means the source delivers the batch again: at
+ * least once, never a skip. The thread reconnects with backoff while the
+ * source is down; the broker serves MQTT meanwhile. See
+ * docs/ARCHITECTURE.md, "Import". */
 #ifndef MQB_IMPORT_H
 #define MQB_IMPORT_H
 
@@ -47,8 +53,9 @@ void importer_rules_changed(struct importer *im);
  * room retry when the broker says some may have appeared. */
 void importer_on_flush(struct importer *im);
 /* Stop and join the threads: each acknowledges the committed part of its
- * batch in hand, the rest is fetched again at the next start. Blocks for
- * the fetch timeout plus that acknowledgement and the source's close. */
+ * batch in delivery; the rest, and a batch fetched ahead, are fetched
+ * again at the next start. Blocks for the fetch timeout plus that
+ * acknowledgement and the source's close. */
 void importer_stop(struct importer *im);
 void importer_free(struct importer *im); /* accepts NULL */
 void importer_log_stats(const struct importer *im);

@@ -157,8 +157,16 @@ static void in_broker_start_limits(struct in_source *s, struct it_broker *b, boo
                                .extra_yaml = (const char *)yaml.data};
     it_broker_start(b, &o);
     buf_free(&yaml);
-    if (wait_source)
+    if (wait_source) {
+        char line[512];
+        bool ahead = s->reads_ahead && !s->dead_letter;
         in_wait_reading(b, 0);
+        ck_assert_msg(ex_log_wait(b, 0, "inbound rule " IN_RULE ": reading from", NULL, line,
+                                  sizeof line, 0) &&
+                          (strstr(line, "(one batch ahead)") != NULL) == ahead,
+                      "the rule should %sread its source one batch ahead: %s", ahead ? "" : "not ",
+                      line);
+    }
 }
 
 static void in_broker_start(struct in_source *s, struct it_broker *b, bool wait_source)
@@ -288,6 +296,7 @@ static void in_source_prepare(struct in_source *s, bool ordered)
 {
     if (getenv("MQB_SERVICES_DIR") && *getenv("MQB_SERVICES_DIR"))
         ex_services_ctl("start", s->service);
+    s->dead_letter = false;
     s->prepare(s, ordered);
 }
 
@@ -668,6 +677,7 @@ void in_scenario_malformed(struct in_source *s)
     uint8_t *big[2] = {NULL, NULL};
     char topic[128];
     in_source_prepare(s, true);
+    s->dead_letter = true;
     in_broker_start(s, &b, true);
     in_client_open(&c, &b, "all", true, false, IN_PARENT "/#", 2);
     in_mal_make(&bt, big);
@@ -778,7 +788,7 @@ static void in_raw_ack_all(struct it_raw *r, uint16_t *held, size_t *n)
  * unacknowledged or nothing came for a moment, so that mqbridge's window
  * and queue for it are full most of the time. Returns once every record
  * arrived (all acknowledged). progress (may be NULL) is called after each
- * message. */
+ * message and whenever nothing came for a moment. */
 static void in_slow_read(struct it_raw *r, struct in_order *o, uint32_t n,
                          void (*progress)(void *ctx, const struct in_order *o), void *ctx)
 {
@@ -792,6 +802,8 @@ static void in_slow_read(struct it_raw *r, struct in_order *o, uint32_t n,
         int t = it_raw_next(r, &p, nheld ? IN_SLOW_ACK_AFTER_MS : IN_POLL_MS);
         if (t == IT_RAW_TIMEOUT) {
             in_raw_ack_all(r, held, &nheld);
+            if (progress)
+                progress(ctx, o);
             continue;
         }
         ck_assert_msg(t != IT_RAW_EOF && t != IT_RAW_ERROR,
@@ -1028,5 +1040,101 @@ void in_scenario_reload(struct in_source *s)
                   IN_RELOAD_N, st.line);
     it_raw_close(&slow);
     it_raw_close(&probe);
+    it_broker_cleanup(&b);
+}
+
+/* ---- the source's server restarted mid-stream ---- */
+
+#define IN_RESTART_N 4000     /* records added before the stop */
+#define IN_RESTART_AFTER 1000 /* records added once the server is back */
+
+struct in_restart {
+    struct in_source *s;
+    const struct it_broker *b;
+    int phase; /* 0 flowing, 1 server stopped, 2 started again */
+    long from; /* log position at the stop */
+    char noticed[512];
+};
+
+/* Whether the rule said, since the stop, that it lost its source (a failed
+ * acknowledgement or fetch, a failed open); starts the server again then. */
+static bool in_restart_noticed(struct in_restart *rs)
+{
+    static const char *const signs[] = {"not acknowledged", "fetch failed",
+                                        "cannot open the source"};
+    for (size_t i = 0; i < sizeof signs / sizeof signs[0]; i++) {
+        if (!ex_log_wait(rs->b, rs->from, "inbound rule " IN_RULE ": ", signs[i], rs->noticed,
+                         sizeof rs->noticed, 0))
+            continue;
+        ex_services_ctl("start", rs->s->service);
+        rs->phase = 2;
+        return true;
+    }
+    return false;
+}
+
+/* Stop the server once a quarter of the records arrived (the slow
+ * subscriber holds a batch in delivery then); start it again once the
+ * rule noticed. */
+static void in_restart_progress(void *ctx, const struct in_order *o)
+{
+    struct in_restart *rs = ctx;
+    if (rs->phase == 0 && o->next >= IN_RESTART_N / 4) {
+        rs->from = ex_log_size(rs->b);
+        ex_services_ctl("stop", rs->s->service);
+        fprintf(stderr, "NOTE: %s: source server stopped after %u records\n", rs->s->type,
+                (unsigned)o->next);
+        rs->phase = 1;
+    } else if (rs->phase == 1) {
+        in_restart_noticed(rs);
+    }
+}
+
+void in_scenario_source_restart(struct in_source *s)
+{
+    struct it_broker b;
+    struct it_raw slow;
+    struct in_stats st;
+    char line[512];
+    uint64_t reconnects = 0;
+    ex_env("MQB_SERVICES_DIR");
+    in_source_prepare(s, true);
+    in_broker_start_limits(s, &b, true, IN_SLOW_INFLIGHT, IN_SLOW_QUEUED);
+    it_raw_connect_ok(&slow, b.port, IN_GROUP "@@@slow", false, false);
+    ck_assert_int_eq(it_raw_sub1(&slow, IN_PARENT "/#", 1), 1);
+    in_slow_produce(s, 0, IN_RESTART_N);
+    struct in_order so = {.who = "the slow persistent subscriber"};
+    struct in_restart rs = {.s = s, .b = &b};
+    in_slow_read(&slow, &so, IN_RESTART_N, in_restart_progress, &rs);
+    ck_assert_msg(rs.phase > 0, "all %d records arrived before the server was stopped",
+                  IN_RESTART_N);
+    /* A source may have had every record in hand already (a Kafka
+     * consumer fetches ahead on its own): the rule notices at its next
+     * acknowledgement or fetch. */
+    int64_t deadline = it_now_ms() + IN_FLOW_MS;
+    while (rs.phase == 1 && !in_restart_noticed(&rs)) {
+        ck_assert_msg(it_now_ms() < deadline,
+                      "the rule did not notice within %d ms that its source's server stopped",
+                      IN_FLOW_MS);
+        poll(NULL, 0, IN_POLL_MS);
+    }
+    in_slow_produce(s, IN_RESTART_N, IN_RESTART_AFTER);
+    in_slow_read(&slow, &so, IN_RESTART_N + IN_RESTART_AFTER, NULL, NULL);
+    in_wait_drained(s, &b, &st);
+    bool dropped_ahead = ex_log_wait(&b, rs.from, "inbound rule " IN_RULE ": the next batch", NULL,
+                                     line, sizeof line, 0);
+    fprintf(stderr,
+            "NOTE: %s: source restart: %d records in order, %zu repeated; noticed: %s%s%s\n",
+            s->type, IN_RESTART_N + IN_RESTART_AFTER, so.dups, strstr(rs.noticed, "inbound rule"),
+            dropped_ahead ? "; then: " : "", dropped_ahead ? strstr(line, "inbound rule") : "");
+    ck_assert_msg(in_stats_value(st.line, "reconnects", &reconnects) && reconnects >= 1,
+                  "want reconnects >= 1: %s", st.line);
+    ck_assert_msg(st.dropped == 0, "mqbridge dropped messages: %s", st.broker_line);
+    ck_assert_msg(st.published >= IN_RESTART_N + IN_RESTART_AFTER && st.skipped == 0,
+                  "want published >= %d, nothing skipped: %s", IN_RESTART_N + IN_RESTART_AFTER,
+                  st.line);
+    ck_assert_msg(it_raw_next(&slow, NULL, IT_QUIET_MS) == IT_RAW_TIMEOUT,
+                  "the slow subscriber got more than the records");
+    it_raw_close(&slow);
     it_broker_cleanup(&b);
 }

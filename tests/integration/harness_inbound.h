@@ -51,6 +51,19 @@
  *                          readers stop on their own), every record
  *                          arrives, first arrivals in order, the source is
  *                          drained and the counters survive the reloads.
+ *   in_scenario_source_restart  4,000 records to the slow subscriber; the
+ *                          source's server is stopped mid-stream (with a
+ *                          batch in delivery and, for a source read ahead,
+ *                          the next one queued behind it) and started
+ *                          again once the rule noticed (a failed
+ *                          acknowledgement or fetch); 1,000 more are added
+ *                          then: every record arrives, first arrivals in
+ *                          order (repeats allowed, counted), the rule
+ *                          reconnected and the source is drained.
+ *
+ * Only in_scenario_malformed gives the rule a dead-letter target (Kafka and
+ * Redis sources are then not read ahead: see "Import" in
+ * docs/ARCHITECTURE.md); the other scenarios run the way most rules do.
  *
  * Every record's payload names the scenario and the record's sequence
  * number and holds bytes that need care (NUL, 0xff, a quote, a newline),
@@ -114,6 +127,13 @@ void in_deads_clear(struct in_deads *l);
 struct in_source {
     const char *type;    /* "kafka", "redis", "postgres" */
     const char *service; /* tests/services name: "kafka", "redis", "pg" */
+    /* mqbridge reads this source one batch ahead when the rule has no
+     * dead-letter target (checked at each start). */
+    bool reads_ahead;
+    /* The scenario wants the rule's dead-letter target (write_source adds
+     * it); set by in_scenario_malformed, cleared for every other one. A
+     * source that always has one (PostgreSQL) may ignore it. */
+    bool dead_letter;
     /* New names (topic, consumer group, stream, table) for one scenario;
      * the server is up. ordered: the scenario needs one order over all
      * records (a Kafka topic of one partition). */
@@ -144,6 +164,7 @@ void in_scenario_source_down(struct in_source *s);
 void in_scenario_slow_subscriber(struct in_source *s);
 void in_scenario_stuck_subscriber(struct in_source *s);
 void in_scenario_reload(struct in_source *s);
+void in_scenario_source_restart(struct in_source *s);
 
 /* The payload of record seq of a scenario (tag: a word): text naming it,
  * then NUL, 0xff and other bytes that need care, then a tail whose length

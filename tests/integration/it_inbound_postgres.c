@@ -136,6 +136,10 @@ static int64_t pgs_unacked(struct in_source *s)
 {
     struct pg_source *p = s->ctx;
     PGresult *res = PQexec(pgs_conn(p), p->count);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK && PQstatus(p->pg) != CONNECTION_OK) {
+        PQclear(res); /* the server was restarted since: connect again */
+        res = PQexec(pgs_conn(p), p->count);
+    }
     ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1, "%s: %s", p->count,
                   PQresultErrorMessage(res));
     int64_t n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -186,6 +190,7 @@ PGS_TEST(test_postgres_malformed_skipped_counted_dead_lettered, in_scenario_malf
 PGS_TEST(test_postgres_down_at_start, in_scenario_source_down)
 PGS_TEST(test_postgres_slow_subscriber_no_loss, in_scenario_slow_subscriber)
 PGS_TEST(test_postgres_reload_mid_stream, in_scenario_reload)
+PGS_TEST(test_postgres_restarted_mid_stream, in_scenario_source_restart)
 
 static Suite *inbound_postgres_suite(void)
 {
@@ -202,6 +207,7 @@ static Suite *inbound_postgres_suite(void)
         tcase_add_test(tc, test_postgres_down_at_start);
         tcase_add_test(tc, test_postgres_slow_subscriber_no_loss);
         tcase_add_test(tc, test_postgres_reload_mid_stream);
+        tcase_add_test(tc, test_postgres_restarted_mid_stream);
     }
     suite_add_tcase(s, tc);
     return s;
